@@ -1,0 +1,5 @@
+import sys
+
+from tiframework.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""Typed experiment configuration.
+
+The pydantic models below are the schema: defaults, help text (shown by
+`tiframework config --help-keys`) and validation live here and nowhere else.
+YAML files may `extends:` a base file (path relative to the extending file);
+command-line overrides are dotted `key=value` pairs whose values are parsed as YAML
+(`training.max_steps=20`, `preview.seeds=[1,2]`). Unknown keys and wrong types are
+errors that name the key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiframework.errors import UserError
+from tiframework.fileio import atomic_write_text
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    preset: str | None = Field(
+        "tiny",
+        description="built-in model: 'tiny' (random, CPU tests), 'sd15-random' (SD 1.5 architecture, random "
+        "weights, for benchmarks) or 'toyworld' (the project-trained toy model). Ignored when `path` is set.",
+    )
+    path: str | None = Field(
+        None, description="a diffusers folder, or one SD 1.x checkpoint file (.safetensors or .ckpt)"
+    )
+    clip_skip: int = Field(1, ge=1, le=12, description="1 = last CLIP layer; 2 = penultimate (A1111 style)")
+    preview_vae: str | None = Field(
+        None, description="an external VAE (diffusers folder or file) used for previews only"
+    )
+    train_with_preview_vae: bool = Field(
+        False, description="also encode training latents with `preview_vae` (not recommended: fried embeddings)"
+    )
+    seed: int = Field(0, description="seed for presets built with random weights")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the frozen weights on GPU (CPU always uses float32)"
+    )
+
+    @model_validator(mode="after")
+    def _needs_source(self) -> ModelConfig:
+        if not self.preset and not self.path:
+            raise ValueError("set model.preset (tiny, sd15-random, toyworld) or model.path")
+        return self
+
+
+class DataConfig(Section):
+    path: str | None = Field(None, description="folder of images with same-stem .txt captions (or a variant)")
+    max_side: int = Field(512, ge=8, description="images are fitted within this many pixels, keeping ratio")
+    bucket_step: int | None = Field(
+        None, ge=8, description="bucket sides are multiples of this (default: 64, or the preset's own)"
+    )
+    templates: list[str] = Field(
+        default_factory=lambda: ["[filewords], [name]"], description="prompt template lines"
+    )
+    template_file: str | None = Field(None, description="a templates file (one template a line); overrides `templates`")
+    shuffle_tags: bool = Field(True, description="shuffle caption tags split by ','")
+    keep_tokens: int = Field(0, ge=0, description="keep the first N tags in place when shuffling")
+    tag_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of dropping each tag")
+    latent_sampling: Literal["once", "deterministic", "random"] = Field(
+        "deterministic",
+        description="A1111 latent sampling: one posterior sample, the posterior mean, or resampled each use",
+    )
+    cache_dir: str | None = Field(
+        ".cache/latents", description="on-disk latent cache (keyed by image, model and size); null disables"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class EmbeddingConfig(Section):
+    name: str = Field("mychar", min_length=1, description="the embedding's name, used as [name] in prompts")
+    init_text: str = Field("", description="initialization text; at most `vectors_per_token` tokens")
+    vectors_per_token: int = Field(16, ge=1, le=75, description="number of vectors (VPT)")
+
+
+class TrainingConfig(Section):
+    learning_rate: str = Field(
+        "0.005",
+        description="A1111 schedule, e.g. '0.0005:5000, 0.0001:10000' (each rate until that step)",
+    )
+    lr_scheduler: Literal["a1111", "cosine_restarts"] = Field(
+        "a1111", description="'a1111' schedule string, or cosine annealing with warm restarts"
+    )
+    cosine_cycle_steps: int = Field(1000, ge=1, description="first cycle length for cosine_restarts")
+    cosine_cycle_mult: int = Field(1, ge=1, description="cycle length multiplier for cosine_restarts")
+    batch_size: int = Field(1, ge=1)
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
+    max_steps: int = Field(5000, ge=1, description="optimizer steps (A1111 counts these, not micro-batches)")
+    save_every: int = Field(250, ge=0, description="save an embedding every N steps (0 = only at the end)")
+    grad_clip: Literal["none", "norm", "value"] = Field("none", description="gradient clipping mode")
+    grad_clip_value: float = Field(1.0, gt=0, description="max norm, or max absolute value, for grad_clip")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (A1111 uses 0)")
+    precision: Literal["auto", "32", "bf16", "fp16"] = Field(
+        "auto", description="autocast on GPU: auto = bf16 where supported; CPU always runs float32"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    seed: int = Field(0, description="seeds data order, noise and timesteps (CPU runs repeat exactly)")
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate_to_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+class PreviewConfig(Section):
+    every: int = Field(250, ge=0, description="preview every N steps (0 = never)")
+    prompts: list[str] = Field(
+        default_factory=list, description="preview prompts; default: '[name]' and one dataset caption"
+    )
+    negative_prompt: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sampler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"] = "ddim"
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.0, ge=0)
+    width: int | None = Field(None, description="default: the model's native size")
+    height: int | None = None
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="score fidelity/flexibility every N steps (0 = off)")
+    reference: str | None = Field(None, description="folder of reference art for fidelity")
+    clip_model: str = Field("ViT-L-14", description="open_clip model name (or a project-registered config)")
+    clip_pretrained: str | None = Field(
+        None, description="local open_clip weights file for `clip_model` (never downloaded)"
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: ["[name]", "1girl, [name], standing"], description="fidelity prompts"
+    )
+    flexibility_prompts: list[str] = Field(
+        default_factory=lambda: ["[name], wearing a swimsuit", "[name], from behind", "[name], outdoors, night"],
+        description="prompts that change outfit/pose/background; scored against the text without [name]",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.0, ge=0)
+    verdict_after: int = Field(500, ge=0, description="warn 'not learning' if fidelity is still at baseline here")
+    verdict_margin: float = Field(0.01, ge=0, description="fidelity gain over step 0 that counts as learning")
+    fried_threshold: float = Field(2.0, gt=0, description="warn when previews' fried score passes this")
+    max_vector_norm: float | None = Field(None, gt=0, description="stop when a vector's L2 norm exceeds this")
+    plateau_window: int = Field(500, ge=1, description="steps over which improvement is measured")
+    plateau_epsilon: float = Field(0.005, ge=0, description="improvement per window below which a plateau starts")
+
+
+class LoggingConfig(Section):
+    runs_dir: str = Field("runs", description="run folders go to <runs_dir>/<experiment>/<run_id>/")
+    experiment: str | None = Field(None, description="default: the config file's stem")
+    run_id: str | None = Field(None, description="default: a timestamp")
+    wandb: bool = Field(True, description="log to Weights & Biases (offline unless W&B is configured)")
+    wandb_project: str | None = Field(None, description="default: $WANDB_PROJECT or 'tiframework'")
+    wandb_group: str | None = None
+    wandb_tags: list[str] = Field(default_factory=list)
+    wandb_job_type: str = "train"
+    progress_bar: bool = True
+
+
+class ExperimentConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    resume: str | None = Field(None, description="an embedding file written by a run; training continues from it")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving `extends:` (a path relative to this file)."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'extends' forms a cycle")
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    return deep_merge(_read_yaml(path.parent / base, (*seen, path)), data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """`set_dotted(d, "training.max_steps", 20)` sets d["training"]["max_steps"]."""
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key!r}: {p} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["training.max_steps=20", "resume=x.pt"]` -> nested dict with YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise UserError(f"override {item!r}: expected key=value, e.g. training.max_steps=20")
+        key, raw = m.groups()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(out, key, value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment (or the defaults when `path` is None) and apply overrides."""
+    data = _read_yaml(Path(path)) if path else {}
+    data = deep_merge(data, parse_overrides(overrides or []))
+    if path and not (data.get("logging") or {}).get("experiment"):
+        data.setdefault("logging", {})["experiment"] = Path(path).stem
+    return config_from_dict(data, source=str(path) if path else "config")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A copy of `cfg` with dotted-key overrides applied (sweeps use this)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        set_dotted(nested, key, value)
+    return config_from_dict(deep_merge(cfg.model_dump(), nested))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    atomic_write_text(path, to_yaml(cfg))
+
+
+def describe_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf key: the text of `tiframework config keys`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_keys(ann, f"{prefix}{name}."))
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+    return rows
