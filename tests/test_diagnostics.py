@@ -73,7 +73,9 @@ def test_fried_score_handles_grey_and_tiny_images():
     assert is_fried(math.nan, threshold=2.0)
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, torch.tensor(math.nan), torch.tensor([1.0, math.inf])])
+@pytest.mark.parametrize(
+    "bad", [math.nan, math.inf, -math.inf, torch.tensor(math.nan), torch.tensor([1.0, math.inf])]
+)
 def test_check_loss_rejects_nan_and_inf(bad):
     with pytest.raises(NonFiniteLoss, match="diverged"):
         check_loss(bad, step=120)

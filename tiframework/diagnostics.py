@@ -60,7 +60,9 @@ def vector_norms(vectors: torch.Tensor) -> list[float]:
 def check_vector_norms(vectors: torch.Tensor, max_norm: float | None, step: int | None = None) -> list[float]:
     """Return the norms; raise `ExplodingEmbedding` when one is non-finite or above `max_norm`."""
     norms = vector_norms(vectors)
-    bad = [(i, n) for i, n in enumerate(norms) if not math.isfinite(n) or (max_norm is not None and n > max_norm)]
+    bad = [
+        (i, n) for i, n in enumerate(norms) if not math.isfinite(n) or (max_norm is not None and n > max_norm)
+    ]
     if not bad:
         return norms
     i, n = bad[0]

@@ -19,9 +19,9 @@ def _checked(steps: Sequence[float], scores: Sequence[float]) -> tuple[list[floa
     """Validate the pair and drop non-finite scores."""
     if len(steps) != len(scores):
         raise ValueError(f"steps and scores differ in length ({len(steps)} vs {len(scores)})")
-    if any(b <= a for a, b in zip(steps, steps[1:])):
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError("steps must be strictly increasing")
-    kept = [(float(s), float(v)) for s, v in zip(steps, scores) if math.isfinite(v)]
+    kept = [(float(s), float(v)) for s, v in zip(steps, scores, strict=True) if math.isfinite(v)]
     return [s for s, _ in kept], [v for _, v in kept]
 
 
@@ -42,7 +42,7 @@ def smooth(values: Sequence[float], steps: Sequence[float] | None = None, width:
     half = width / 2
     out = []
     for s in steps:
-        near = [v for t, v in zip(steps, values) if abs(t - s) <= half and math.isfinite(v)]
+        near = [v for t, v in zip(steps, values, strict=True) if abs(t - s) <= half and math.isfinite(v)]
         out.append(sum(near) / len(near) if near else math.nan)
     return out
 
@@ -67,10 +67,11 @@ def find_plateau(
     if window <= 0:
         raise ValueError(f"window must be > 0, got {window}")
     xs, ys = _checked(steps, scores)
-    for i, (si, yi) in enumerate(zip(xs, ys)):
+    for i, (si, yi) in enumerate(zip(xs, ys, strict=True)):
         if xs[-1] - si < window:
             return None  # later points all lack a full window of evidence too
-        if all(yj - yi < epsilon * max(1.0, (sj - si) / window) for sj, yj in zip(xs[i + 1 :], ys[i + 1 :])):
+        later = zip(xs[i + 1 :], ys[i + 1 :], strict=True)
+        if all(yj - yi < epsilon * max(1.0, (sj - si) / window) for sj, yj in later):
             return _as_given(si)
     return None
 
