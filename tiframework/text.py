@@ -31,7 +31,9 @@ class SplicedEmbedding(nn.Module):
     def __init__(self, base: nn.Embedding):
         super().__init__()
         self.base = base
-        self.extra: torch.Tensor | None = None  # (n_vectors, width), set per call
+        # A plain dict, not an attribute: assigning the trainable Parameter to a module
+        # attribute would register it as a parameter of the frozen text encoder.
+        self.slot: dict[str, torch.Tensor | None] = {"extra": None}  # (n_vectors, width), set per call
 
     @property
     def num_embeddings(self) -> int:
@@ -47,9 +49,10 @@ class SplicedEmbedding(nn.Module):
         out = self.base(ids.clamp(max=vocab - 1))  # (B, T, width)
         if not bool(is_extra.any()):
             return out
-        if self.extra is None:
+        vectors = self.slot["extra"]
+        if vectors is None:
             raise RuntimeError("placeholder ids in the prompt but no embedding vectors were given")
-        extra = self.extra.to(out.dtype)[(ids - vocab).clamp(min=0, max=self.extra.shape[0] - 1)]
+        extra = vectors.to(out.dtype)[(ids - vocab).clamp(min=0, max=vectors.shape[0] - 1)]
         return torch.where(is_extra.unsqueeze(-1), extra, out)
 
 
@@ -66,11 +69,11 @@ def install_splice(text_encoder: nn.Module) -> SplicedEmbedding:
 @contextlib.contextmanager
 def spliced_vectors(text_encoder: nn.Module, vectors: torch.Tensor | None) -> Iterator[None]:
     splice = install_splice(text_encoder)
-    previous, splice.extra = splice.extra, vectors
+    previous, splice.slot["extra"] = splice.slot["extra"], vectors
     try:
         yield
     finally:
-        splice.extra = previous
+        splice.slot["extra"] = previous
 
 
 def name_pattern(name: str) -> re.Pattern[str]:

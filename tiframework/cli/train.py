@@ -1,0 +1,56 @@
+"""`tiframework train` and `tiframework config`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+OVERRIDE_HELP = ("dotted key=value overrides, e.g. training.max_steps=20 embedding.vectors_per_token=2 "
+                 "resume=runs/x/y/embeddings/mychar-500.pt (see `tiframework config keys`)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tiframework.config import load_config
+    from tiframework.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "vector_norms"}, indent=2))
+    print(f"run folder: {summary['run_dir']}")
+    return 1 if summary.get("stopped") else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tiframework.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from tiframework.config import describe_keys
+
+    for key, default, text in describe_keys():
+        print(f"{key:34} {default:28} {text}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an embedding from an experiment config",
+        description="Train a textual-inversion embedding. Writes runs/<experiment>/<run-id>/ with the resolved "
+        "config.yaml, metrics.csv, embeddings/ (A1111 .pt + .safetensors every training.save_every steps, "
+        "optimizer state beside them) and previews/.",
+    )
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    p.set_defaults(func=_train)
+
+    c = subparsers.add_parser("config", help="show resolved configs and every config key")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    s = csub.add_parser("show", help="print the resolved config (extends + overrides applied)")
+    s.add_argument("config", nargs="?", help="experiment YAML (default: built-in defaults)")
+    s.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    s.set_defaults(func=_show)
+    k = csub.add_parser("keys", help="list every config key with its default and meaning")
+    k.set_defaults(func=_keys)

@@ -1,0 +1,74 @@
+"""Learning-rate schedules: A1111's schedule string, and cosine with warm restarts.
+
+A1111 syntax: `"0.0005:5000, 0.0001:10000"` — each rate holds until the optimizer step
+reaches its end step; a bare rate (or end step -1) runs to the end of training. Training
+stops when the schedule runs out (A1111 trains to min(max_steps, last end step)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tiframework.errors import UserError
+
+
+@dataclass(frozen=True)
+class Segment:
+    rate: float
+    end_step: int | None  # None: until max_steps
+
+
+def parse_schedule(text: str) -> list[Segment]:
+    """Parse `"0.0005:5000, 0.0001:10000"` into segments; end steps must increase."""
+    segments: list[Segment] = []
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UserError("training.learning_rate: empty schedule; e.g. '0.005' or '0.0005:5000, 0.0001:10000'")
+    for i, part in enumerate(parts):
+        rate_text, _, end_text = part.partition(":")
+        try:
+            rate = float(rate_text)
+            end = int(end_text) if end_text.strip() else -1
+        except ValueError:
+            raise UserError(
+                f"training.learning_rate: cannot read {part!r}; write RATE or RATE:END_STEP, "
+                "e.g. '0.0005:5000, 0.0001:10000'"
+            ) from None
+        if not rate > 0 or math.isinf(rate):
+            raise UserError(f"training.learning_rate: rate {rate_text.strip()!r} must be a positive number")
+        if end == -1 and i != len(parts) - 1:
+            raise UserError(f"training.learning_rate: {part!r} runs to the end, so it must be the last entry")
+        if end != -1 and end < 1:
+            raise UserError(f"training.learning_rate: end step in {part!r} must be >= 1 (or -1 for 'to the end')")
+        if segments and end != -1 and segments[-1].end_step is not None and end <= segments[-1].end_step:
+            raise UserError(f"training.learning_rate: end steps must increase ({part!r})")
+        segments.append(Segment(rate, None if end == -1 else end))
+    return segments
+
+
+def total_steps(segments: list[Segment], max_steps: int) -> int:
+    """Optimizer steps training will run: max_steps, or fewer if the schedule runs out."""
+    last = segments[-1].end_step
+    return max_steps if last is None else min(max_steps, last)
+
+
+def rate_at(segments: list[Segment], step: int) -> float:
+    """The rate for the optimizer step that follows `step` completed steps.
+
+    A1111 applies `rate` while `step < end_step`; finished pairs are skipped, which is
+    also what makes resuming at step N land in the right segment.
+    """
+    for seg in segments:
+        if seg.end_step is None or step < seg.end_step:
+            return seg.rate
+    return segments[-1].rate
+
+
+def cosine_restarts_rate(base: float, step: int, cycle: int, mult: int = 1, min_rate: float = 0.0) -> float:
+    """Cosine annealing with warm restarts (SGDR), as torch's CosineAnnealingWarmRestarts."""
+    length, t = cycle, step
+    while t >= length:
+        t -= length
+        length *= mult
+    return min_rate + (base - min_rate) * (1 + math.cos(math.pi * t / length)) / 2
