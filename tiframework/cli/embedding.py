@@ -1,0 +1,135 @@
+"""`tiframework embedding create|inspect|convert`: make, look into and convert embedding files.
+
+torch, diffusers and the embeddings module are imported inside the handlers so that
+`tiframework --help` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tiframework.config import EmbeddingConfig
+from tiframework.errors import UserError
+
+FORMAT_CHOICES = ("a1111-pt", "a1111-safetensors", "diffusers")
+FORMAT_HELP = ("file format: a1111-pt (.pt), a1111-safetensors (.safetensors, 'emb_params'), or diffusers "
+               "({token: vectors}, .safetensors or .bin); default: from OUT's extension "
+               "(.pt -> a1111-pt, .safetensors -> a1111-safetensors, .bin -> diffusers)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embedding", help="create, inspect or convert embedding files",
+        description="Create an embedding from initialization text, inspect one, or convert between "
+                    "the A1111 .pt, A1111/kohya .safetensors and diffusers formats.",
+    )
+    sub = parser.add_subparsers(dest="embedding_command", metavar="ACTION", required=True)
+    _register_create(sub)
+
+    inspect = sub.add_parser("inspect", help="show an embedding's name, step, vectors, width and norms",
+                             description="Show what an embedding file holds; any supported format.")
+    inspect.add_argument("file", metavar="FILE", help="embedding file (.pt, .safetensors or .bin)")
+    inspect.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    inspect.set_defaults(func=cmd_inspect)
+
+    convert = sub.add_parser("convert", help="convert an embedding file to another format",
+                             description="Read any supported embedding file and write it in another format.")
+    convert.add_argument("input", metavar="IN", help="embedding file to read")
+    convert.add_argument("output", metavar="OUT", help="file to write")
+    convert.add_argument("--format", choices=FORMAT_CHOICES, default=None, help=FORMAT_HELP)
+    convert.add_argument("--name", default=None,
+                         help="rename the embedding (the prompt token in diffusers' format); default: keep it")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    convert.set_defaults(func=cmd_convert)
+
+
+def _register_create(sub: argparse._SubParsersAction) -> None:
+    create = sub.add_parser(
+        "create", help="create a new embedding from initialization text",
+        description="Create an embedding whose vectors start as the model's token rows of --init-text "
+                    "(A1111's 'Create embedding'). The init text may have at most --vpt tokens.",
+    )
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="PRESET",
+                        help="built-in model preset: tiny, sd15-random or toyworld")
+    source.add_argument("--model-path", metavar="PATH",
+                        help="a diffusers folder or an SD 1.x checkpoint file (.safetensors or .ckpt)")
+    create.add_argument("--name", required=True,
+                        help="the embedding's name as written in prompts; not a CLIP word and not a dataset tag")
+    create.add_argument("--init-text", default="",
+                        help="initialization text, e.g. 'black hair, red eyes' (at most --vpt tokens); "
+                             "empty: zero vectors")
+    default_vpt = EmbeddingConfig.model_fields["vectors_per_token"].default
+    create.add_argument("--vpt", type=int, default=default_vpt, metavar="N",
+                        help=f"vectors per token, 1-75 (default: {default_vpt}, as embedding.vectors_per_token)")
+    create.add_argument("--out", required=True, metavar="FILE", help="file to write (.pt, .safetensors or .bin)")
+    create.add_argument("--dataset", metavar="DIR",
+                        help="training images with .txt captions; the name must not be one of their tags")
+    create.add_argument("--format", choices=FORMAT_CHOICES, default=None, help=FORMAT_HELP)
+    create.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    create.set_defaults(func=cmd_create)
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    # An embedding file is all of a run's progress; replacing one is never the default.
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from tiframework.config import ModelConfig
+    from tiframework.embeddings import create, resolve_format, save_embedding
+    from tiframework.models import load_model
+
+    out = Path(args.out)
+    fmt = resolve_format(out, args.format)  # fail on a bad name before loading a model
+    _refuse_overwrite(out, args.overwrite)
+    cfg = ModelConfig(path=args.model_path) if args.model_path else ModelConfig(preset=args.model)
+    parts = load_model(cfg)
+    emb = create(args.name, args.init_text, args.vpt, parts, dataset_dir=args.dataset)
+    save_embedding(emb, out, fmt)
+    print(f"wrote {out} ({fmt}): {emb.name!r}, {emb.n_vectors} vector(s) of width {emb.width}")
+    return 0
+
+
+def format_text(info: dict) -> str:
+    """`embedding inspect` as aligned `key: value` lines."""
+    checkpoint = info["sd_checkpoint_name"] or "-"
+    if info["sd_checkpoint"]:
+        checkpoint += f" [{info['sd_checkpoint']}]"
+    rows = [
+        ("file", info["file"]),
+        ("format", info["format"]),
+        ("name", info["name"]),
+        ("step", info["step"]),
+        ("vectors", info["vectors"]),
+        ("width", f"{info['width']} ({info['model_family']})"),
+        ("checkpoint", checkpoint),
+        ("norms", " ".join(f"{n:.4f}" for n in info["norms"])),
+    ]
+    return "\n".join(f"{key + ':':<12}{value}" for key, value in rows)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tiframework.embeddings import describe, load_embedding
+
+    info = describe(load_embedding(args.file), args.file)
+    print(json.dumps(info, indent=2) if args.json else format_text(info))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from tiframework.embeddings import check_name, load_embedding, resolve_format, save_embedding
+    from tiframework.tokenizer import clip_tokenizer
+
+    out = Path(args.output)
+    fmt = resolve_format(out, args.format)
+    _refuse_overwrite(out, args.overwrite)
+    emb = load_embedding(args.input)
+    if args.name:
+        emb.name = check_name(args.name, clip_tokenizer())
+    save_embedding(emb, out, fmt)
+    print(f"wrote {out} ({fmt}) from {args.input} ({emb.file_format})")
+    return 0
