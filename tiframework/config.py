@@ -128,7 +128,10 @@ class PreviewConfig(Section):
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="score fidelity/flexibility every N steps (0 = off)")
     reference: str | None = Field(None, description="folder of reference art for fidelity")
-    clip_model: str = Field("ViT-L-14", description="open_clip model name (or a project-registered config)")
+    clip_model: str = Field(
+        "ViT-L-14-quickgelu",
+        description="open_clip model name (or a project-registered config); OpenAI's CLIP weights need -quickgelu",
+    )
     clip_pretrained: str | None = Field(
         None, description="local open_clip weights file for `clip_model` (never downloaded)"
     )

@@ -42,7 +42,7 @@ def bucket_size(width: int, height: int, max_side: int, step: int) -> tuple[int,
     limit = max(step, (max_side // step) * step)
 
     def snap(side: float) -> int:
-        return int(min(limit, max(step, round(side / step) * step)))
+        return int(min(limit, max(step, int(side / step + 0.5) * step)))  # half up, not banker's
 
     return snap(width * scale), snap(height * scale)
 

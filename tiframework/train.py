@@ -170,7 +170,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
 
-        final_step = module.step
+        # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
+        final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
         name = cfg.embedding.name
         if not saver.saved or saver.saved[-1].stem != f"{name}-{final_step}":
             saver.save(module, final_step, f"{name}-{final_step}")
