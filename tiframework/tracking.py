@@ -45,8 +45,7 @@ class Tracker:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.logger = None
-        self.history: list[dict[str, float]] = []  # eval rows: {"step": ..., "eval/clip_fidelity": ...}
-        self.baseline: dict[str, float] | None = None
+        self.eval_callback = None
         if cfg.logging.wandb:
             self.logger = self._make_logger()
 
@@ -78,12 +77,35 @@ class Tracker:
                  for i, img in enumerate(row)]
         self.logger.experiment.log({"preview/images": shown, "train/step": step})
 
-    def callbacks(self, progress) -> list:
-        """Evaluation callbacks for this run (empty when `eval.every` is 0)."""
-        return []
+    def log_row(self, row: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics({k: v for k, v in row.items() if k != "step"} | {"train/step": row["step"]})
+
+    def callbacks(self, progress, evaluator=None, on_eval=None) -> list:
+        """The evaluation callback for this run, when there is an evaluator."""
+        if evaluator is None:
+            return []
+        from tiframework.scoring import EvalCallback
+
+        def log_row(row: dict[str, float]) -> None:
+            self.log_row(row)
+            if on_eval is not None:
+                on_eval(row)
+
+        self.eval_callback = EvalCallback(evaluator, self.run_dir, log_row, progress)
+        return [self.eval_callback]
 
     def summary(self) -> dict[str, Any]:
-        return {}
+        """Best and plateau steps of CLIP fidelity, plus the diagnostics' warnings."""
+        if self.eval_callback is None:
+            return {}
+        from tiframework.scoring import summarize
+
+        out = summarize(self.eval_callback.rows, self.cfg)
+        out["warnings"] = list(self.eval_callback.warnings)
+        if self.eval_callback.stop_reason:
+            out["stopped"] = self.eval_callback.stop_reason
+        return out
 
     # --- the end of a run -----------------------------------------------------------------
 
@@ -92,10 +114,15 @@ class Tracker:
             return
         import wandb
 
+        summary = self.summary()
+        run = self.logger.experiment
+        for key in ("best_step", "best_score", "plateau_step"):
+            if summary.get(key) is not None:
+                run.summary[f"eval/{key}"] = summary[key]
         artifact = wandb.Artifact(name=f"{self.cfg.embedding.name}-embedding", type="embedding",
-                                  metadata={"step": self.summary().get("best_step")})
+                                  metadata={k: summary.get(k) for k in ("best_step", "best_score", "plateau_step")})
         artifact.add_file(str(embedding))
-        self.logger.experiment.log_artifact(artifact)
+        run.log_artifact(artifact)
 
     def close(self) -> None:
         if self.logger is not None:

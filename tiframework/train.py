@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,14 +104,39 @@ def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -
     return ["[name]"] + ([f"{first}, [name]"] if first else [])
 
 
+def make_evaluator(cfg: ExperimentConfig, parts: SDParts, reference: str | None = None):
+    """The run's evaluator, with the toy world's attribute accuracy when the data is a toy character."""
+    from tiframework.scoring import Evaluator
+
+    extra = []
+    if (cfg.data.path or "").startswith("toyworld:"):
+        from tiframework.scoring import toyworld_attribute_scorer
+
+        extra.append(toyworld_attribute_scorer(cfg.data.path))
+    return Evaluator(cfg, parts, reference=reference, extra=extra)
+
+
 def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
-          run_dir: Path | None = None) -> dict[str, Any]:
-    """Train one embedding as `cfg` says; return the summary written to `summary.json`."""
+          run_dir: Path | None = None, on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train one embedding as `cfg` says; return the summary written to `summary.json`.
+
+    `parts`: already-loaded frozen parts to reuse (a sweep worker loads them once).
+    `on_eval`: called with each evaluation row (`{"step": ..., "eval/clip_fidelity": ...}`)
+    right after it is written; an exception it raises (e.g. `optuna.TrialPruned`) ends
+    the run, with the W&B run still finished.
+    """
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     from tiframework import callbacks as cb
-    from tiframework.data import CaptionedLatents, StreamSampler, collate, encode_latents, read_templates, scan_folder
+    from tiframework.data import (
+        CaptionedLatents,
+        StreamSampler,
+        collate,
+        encode_latents,
+        read_templates,
+        scan_folder,
+    )
     from tiframework.models import load_model
     from tiframework.module import TextualInversionModule
     from tiframework.schedules import parse_schedule, total_steps
@@ -122,6 +148,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     schedule = parse_schedule(cfg.training.learning_rate)
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
+    evaluator = make_evaluator(cfg, parts) if cfg.eval.every else None
     start = starting_point(cfg, parts, data_dir)
     total = total_steps(schedule, cfg.training.max_steps)
     if start.step >= total:
@@ -151,7 +178,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         if cfg.preview.every:
             prompts = default_preview_prompts(cfg, [it.caption for it in items])
             callbacks.append(cb.PreviewWriter(run / "previews", cfg.preview.every, prompts, hook=tracker.log_previews))
-        callbacks += tracker.callbacks(progress) + (extra_callbacks or [])
+        callbacks += tracker.callbacks(progress, evaluator, on_eval) + (extra_callbacks or [])
         if cfg.logging.progress_bar:
             callbacks.append(progress)
 
@@ -179,9 +206,11 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         summary = {
             "run_dir": str(run), "embedding": str(final), "final_step": final_step,
             "final_loss": module.last_loss, "vector_norms": module.vector_norms(),
-            "stopped": None if module.nonfinite_step is None else f"non-finite loss at step {module.nonfinite_step}",
+            "stopped": None,
         }
         summary.update(tracker.summary())
+        if module.nonfinite_step is not None:
+            summary["stopped"] = f"non-finite loss at step {module.nonfinite_step}"
         if module.nonfinite_step is not None:
             log.error("training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                       module.nonfinite_step, final)

@@ -1,0 +1,158 @@
+"""Scoring embeddings: during training (a Lightning callback) and afterwards (`tiframework eval`).
+
+`Evaluator` generates images for the eval prompts with given vectors (fixed seeds) and
+scores them with `evaluation.score_checkpoint`; rows go to `eval.csv` with the step-0
+baseline (the init-text embedding) first, so gains are visible. `summarize` turns the
+rows into `best_step`, `best_score` and `plateau_step`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiframework.callbacks import StepCallback
+from tiframework.config import ExperimentConfig
+from tiframework.evaluation import FIDELITY
+from tiframework.fileio import atomic_path
+from tiframework.models import SDParts
+
+log = logging.getLogger(__name__)
+
+# Extra scores for a run, e.g. the toy world's attribute accuracy: (fidelity images by prompt) -> scores.
+ExtraScore = Callable[[dict[str, list[Any]]], dict[str, float]]
+
+
+def _resolved_eval(cfg: ExperimentConfig, reference: str | None):
+    from tiframework.train import resolve_data_path
+
+    ref = reference or cfg.eval.reference
+    if ref is None:
+        return cfg.eval
+    return cfg.eval.model_copy(update={"reference": str(resolve_data_path(ref, "eval.reference"))})
+
+
+class Evaluator:
+    """Loads the CLIP scorer and reference art once; `score(vectors, step)` gives one row."""
+
+    def __init__(self, cfg: ExperimentConfig, parts: SDParts, reference: str | None = None,
+                 extra: list[ExtraScore] | None = None):
+        from tiframework.evaluation import read_reference_images, validate_eval_config
+        from tiframework.preview import make_pipeline
+
+        self.cfg, self.parts = cfg, parts
+        self.eval_cfg = _resolved_eval(cfg, reference)
+        # Validation runs before any training time is spent: prompts, model, weights, reference.
+        self.scorer = validate_eval_config(self.eval_cfg)
+        self.reference_images = read_reference_images(self.eval_cfg.reference)
+        self.reference_features = self.scorer.image_features(self.reference_images)
+        self.pipe = make_pipeline(parts, cfg.preview.sampler)
+        self.extra = extra or []
+
+    def _images(self, prompts: list[str], vectors: torch.Tensor) -> dict[str, list[Any]]:
+        from tiframework.preview import generate
+
+        e, p = self.eval_cfg, self.cfg.preview
+        images = generate(self.parts, prompts, e.seeds, name=self.cfg.embedding.name, vectors=vectors,
+                          clip_skip=self.cfg.model.clip_skip, steps=e.steps, guidance_scale=e.guidance_scale,
+                          negative_prompt=p.negative_prompt, width=p.width, height=p.height, pipe=self.pipe)
+        return dict(zip(prompts, images, strict=True))
+
+    def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
+        from tiframework.diagnostics import fried_score
+        from tiframework.evaluation import score_checkpoint
+
+        vectors = vectors.detach().to(self.parts.unet.device)
+        generated = self._images(list(self.eval_cfg.prompts), vectors)
+        flex = self._images(list(self.eval_cfg.flexibility_prompts), vectors)
+        row: dict[str, float] = {"step": step}
+        row.update(score_checkpoint(self.scorer, self.reference_features, generated, flex))
+        pooled = [img for imgs in generated.values() for img in imgs]
+        row["eval/fried"] = fried_score(pooled, self.reference_images)
+        row["eval/vector_norm"] = float(vectors.float().norm(dim=1).mean())
+        for extra in self.extra:
+            row.update(extra(generated))
+        return row
+
+
+def write_eval_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """The whole table, atomically (rows may gain columns as scores appear)."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summarize(rows: list[dict[str, float]], cfg: ExperimentConfig, metric: str = FIDELITY) -> dict[str, Any]:
+    """`best_step`, `best_score`, `plateau_step` (None when still rising) of a metric curve."""
+    from tiframework.plateau import best, find_plateau, smooth
+
+    points = [(r["step"], r[metric]) for r in rows if metric in r and math.isfinite(r[metric])]
+    if not points:
+        return {"best_step": None, "best_score": None, "plateau_step": None, "baseline_score": None}
+    steps, scores = [p[0] for p in points], [p[1] for p in points]
+    best_step, best_score = best(steps, scores)
+    plateau = find_plateau(steps, smooth(scores, steps), cfg.eval.plateau_window, cfg.eval.plateau_epsilon)
+    return {"metric": metric, "best_step": int(best_step), "best_score": best_score,
+            "plateau_step": None if plateau is None else int(plateau), "baseline_score": scores[0]}
+
+
+class EvalCallback(StepCallback):
+    """Scores the embedding at the start and every `eval.every` steps; runs the diagnostics."""
+
+    def __init__(self, evaluator: Evaluator, run_dir: Path, log_row: Callable[[dict], None], progress=None):
+        self.evaluator, self.run_dir, self.log_row, self.progress = evaluator, run_dir, log_row, progress
+        self.rows: list[dict[str, float]] = []
+        self.warnings: list[str] = []
+        self.stop_reason: str | None = None
+
+    def evaluate(self, module, step: int) -> None:
+        from tiframework.diagnostics import is_fried, learning_verdict
+
+        cfg = module.cfg.eval
+        row = self.evaluator.score(module.vectors, step)
+        if FIDELITY in row:
+            best = max(r.get(FIDELITY, -math.inf) for r in [*self.rows, row])
+            row[f"{FIDELITY}_best"] = best
+        self.rows.append(row)
+        write_eval_csv(self.run_dir / "eval.csv", self.rows)
+        self.log_row(row)
+        if self.progress is not None:
+            self.progress.latest = row
+        if is_fried(row["eval/fried"], cfg.fried_threshold):
+            self.warn(f"previews look fried at step {step} (score {row['eval/fried']:.2f} > "
+                      f"{cfg.fried_threshold}): wrong VAE or model, or a learning rate far too high")
+        base = self.rows[0].get(FIDELITY)
+        if (cfg.verdict_after and step >= cfg.verdict_after and FIDELITY in row and base is not None
+                and not any("not learning" in w for w in self.warnings)):
+            verdict = learning_verdict(base, row[FIDELITY], cfg.verdict_margin, step)
+            if verdict:
+                self.warn(verdict)
+
+    def warn(self, text: str) -> None:
+        log.warning(text)
+        self.warnings.append(text)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.evaluate(pl_module, pl_module.step)
+
+    def on_step(self, trainer, module, step) -> None:
+        max_norm = module.cfg.eval.max_vector_norm
+        if max_norm is not None and max(module.vector_norms()) > max_norm:
+            self.stop_reason = f"vector norm {max(module.vector_norms()):.2f} exceeded eval.max_vector_norm at step {step}"
+            self.warn(self.stop_reason)
+            trainer.should_stop = True
+        every = module.cfg.eval.every
+        if every and step % every == 0:
+            self.evaluate(module, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.rows and self.rows[-1]["step"] != pl_module.step and pl_module.nonfinite_step is None:
+            self.evaluate(pl_module, pl_module.step)
