@@ -33,10 +33,10 @@ from tiframework.fileio import atomic_path
 FORMATS = ("a1111-pt", "a1111-safetensors", "diffusers")
 SUFFIX_FORMATS = {".pt": "a1111-pt", ".safetensors": "a1111-safetensors", ".bin": "diffusers"}
 A1111_TOKEN = 265  # A1111 writes this placeholder id into every .pt; readers ignore it
-MODEL_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL (OpenCLIP bigG)", 2048: "SDXL"}
+MODEL_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL (OpenCLIP bigG)", 2048: "SDXL", 32: "the tiny test preset"}
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value; compare `vectors` with torch.equal
 class Embedding:
     """A trained (or freshly initialised) embedding: `name` in prompts -> `vectors`."""
 
@@ -62,7 +62,7 @@ class Embedding:
 
 def family(width: int) -> str:
     """The model family a token width belongs to, for messages."""
-    return MODEL_FAMILIES.get(width, f"an unknown model (width {width})")
+    return MODEL_FAMILIES.get(width, "an unrecognised model")
 
 
 def vector_norms(emb: Embedding) -> list[float]:
