@@ -106,18 +106,9 @@ def _is_vocab_word(name: str, tokenizer: Any) -> bool:
 
 
 def _caption_tags(dataset_dir: Path) -> list[tuple[Path, list[str]]]:
-    """(caption file or image, tags) for each caption in the folder."""
-    try:  # the dataset module's own reading (encodings, escapes), once it exists
-        from tiframework.images import list_images, read_caption, split_tags
-    except ImportError:
-        out = []
-        for txt in sorted(dataset_dir.glob("*.txt")):
-            try:
-                text = txt.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{txt}: caption is not UTF-8 text; re-save it as UTF-8") from None
-            out.append((txt, [t.strip() for t in text.split(",")]))
-        return out
+    """(image, tags) for each captioned image, read as the training data reads them."""
+    from tiframework.images import list_images, read_caption, split_tags
+
     return [(img, split_tags(cap)) for img in list_images(dataset_dir) if (cap := read_caption(img))]
 
 
