@@ -31,10 +31,8 @@ PROMPTS = [
 
 # Text that OpenAI CLIP's `ftfy.fix_text` rewrites before BPE (curly quotes, full/half
 # width forms, ligatures). transformers 5's CLIPTokenizer (tokenizers backend: NFC,
-# whitespace, lowercase) skips ftfy, so these ids differ from open_clip's and from
-# A1111's (transformers 4.x slow tokenizer, which applies ftfy when installed).
-# Strict xfail: once tiframework.tokenizer applies ftfy, these start passing and the
-# marker must go.
+# whitespace, lowercase) skips ftfy, so `tiframework.text.prompt_token_ids` (the path
+# every prompt and init text takes) applies it, as A1111's transformers 4.x tokenizer does.
 FTFY_PROMPTS = [
     "\u201cquoted\u201d and \u2018single\u2019 quotes",
     "\uff21\uff22\uff23 fullwidth \uff46\uff55\uff4c\uff4c",
@@ -55,10 +53,7 @@ def open_clip_tokenizer():
     return open_clip.get_tokenizer("ViT-L-14")  # bundled BPE, no download
 
 
-FTFY_CASES = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="no ftfy.fix_text")) for p in FTFY_PROMPTS]
-
-
-@pytest.mark.parametrize("prompt", PROMPTS + FTFY_CASES)
+@pytest.mark.parametrize("prompt", PROMPTS)
 def test_ids_match_open_clip(open_clip_tokenizer, prompt):
     ref = until_eos(open_clip_tokenizer([prompt])[0].tolist())
     ours = clip_tokenizer()(prompt, padding="max_length", max_length=77, truncation=True).input_ids
@@ -68,7 +63,7 @@ def test_ids_match_open_clip(open_clip_tokenizer, prompt):
     assert set(ours[len(ref):]) <= {EOS_ID}
 
 
-@pytest.mark.parametrize("prompt", PROMPTS[:-1])
+@pytest.mark.parametrize("prompt", PROMPTS[:-1] + FTFY_PROMPTS)
 def test_prompt_token_ids_are_the_inner_ids(open_clip_tokenizer, prompt):
     """`prompt_token_ids` (no start/end) is what prompt encoding and init text use."""
     ref = until_eos(open_clip_tokenizer([prompt])[0].tolist())[1:-1]

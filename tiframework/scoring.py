@@ -156,3 +156,52 @@ class EvalCallback(StepCallback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.rows and self.rows[-1]["step"] != pl_module.step and pl_module.nonfinite_step is None:
             self.evaluate(pl_module, pl_module.step)
+
+
+def checkpoints(run_dir: Path, name: str) -> list[tuple[int, Path]]:
+    """`embeddings/<name>-<step>.pt` files of a run, by step."""
+    found = []
+    for path in (run_dir / "embeddings").glob(f"{name}-*.pt"):
+        tail = path.stem[len(name) + 1 :]
+        if tail.isdigit():
+            found.append((int(tail), path))
+    return sorted(found)
+
+
+def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[str] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score every saved checkpoint of a finished run (plus the step-0 baseline) into eval.csv."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from tiframework.config import load_config
+    from tiframework.embeddings import create, load_embedding
+    from tiframework.errors import UserError
+    from tiframework.fileio import atomic_write_text
+    from tiframework.models import load_model
+    from tiframework.train import make_evaluator
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run-id>")
+    cfg = load_config(config_file, overrides)
+    found = checkpoints(run_dir, cfg.embedding.name)
+    if not found:
+        raise UserError(f"{run_dir}/embeddings: no {cfg.embedding.name}-<step>.pt checkpoints to score")
+    parts = load_model(cfg.model)
+    evaluator = make_evaluator(cfg, parts, reference=reference)
+    if found[0][0] != 0:
+        e = cfg.embedding
+        found.insert(0, (0, create(e.name, e.init_text, e.vectors_per_token, parts).vectors))
+    rows = []
+    for step, source in tqdm(found, desc="scoring checkpoints", unit="ckpt", disable=not progress):
+        vectors = source if isinstance(source, torch.Tensor) else load_embedding(source, parts.width).vectors
+        rows.append(evaluator.score(vectors, step))
+        rows[-1][f"{FIDELITY}_best"] = max(r.get(FIDELITY, -math.inf) for r in rows)
+    write_eval_csv(run_dir / "eval.csv", rows)
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {"run_dir": str(run_dir)}
+    summary.update(summarize(rows, cfg))
+    atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -17,6 +17,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Sequence
 
+import ftfy
 import torch
 from torch import nn
 
@@ -89,7 +90,9 @@ def prompt_token_ids(tokenizer, prompt: str, name: str | None, n_vectors: int, v
         if i > 0:
             ids.extend(range(vocab_size, vocab_size + n_vectors))
         if piece.strip():
-            ids.extend(tokenizer(piece, add_special_tokens=False, verbose=False).input_ids)
+            # SD's tokenizer (transformers 4 + ftfy, as A1111 runs it) fixes mojibake, curly
+            # quotes and full-width forms first; transformers 5's fast tokenizer does not.
+            ids.extend(tokenizer(ftfy.fix_text(piece), add_special_tokens=False, verbose=False).input_ids)
     return ids
 
 

@@ -13,10 +13,13 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 
 from tiframework import __version__
 from tiframework.errors import UserError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a `nargs="*"` positional once an option follows it, so
+    # `eval RUN --reference DIR eval.steps=2` leaves the override over: collect it.
+    if extra and hasattr(args, "overrides") and all(_OVERRIDE.match(x) for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
