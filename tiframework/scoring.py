@@ -205,3 +205,23 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     summary.update(summarize(rows, cfg))
     atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def toyworld_attribute_scorer(spec: str) -> ExtraScore:
+    """Attribute accuracy of the toy character's `[name]` images, by the toy world's classifier.
+
+    Ground truth per generated image: `eval/attribute_accuracy` is the mean over the
+    character's own traits (hair, eyes, outfit, accessories she wears).
+    """
+    from tiframework.toyworld.characters import parse_spec
+
+    character = parse_spec(spec)[0]
+
+    def score(generated: dict[str, list[Any]]) -> dict[str, float]:
+        from tiframework.toyworld.classifier import attribute_accuracy
+
+        images = generated.get("[name]") or [img for imgs in generated.values() for img in imgs]
+        acc = attribute_accuracy(images, character)
+        return {"eval/attribute_accuracy": acc["traits"], "eval/attribute_accuracy_all": acc["mean"]}
+
+    return score
