@@ -1,0 +1,56 @@
+"""`tiframework sweep` (run an Optuna sweep) and `tiframework sweep-report` (tables and plots)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tiframework.cli.train import OVERRIDE_HELP
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tiframework.sweeps.launch import run_sweep
+
+    summary = run_sweep(args.sweep, args.overrides, storage=args.storage, n_trials=args.n_trials,
+                        workers=args.workers, study_name=args.study_name)
+    print(json.dumps(summary, indent=2, default=str))
+    where = args.storage or summary["folder"]
+    print(f"report: tiframework sweep-report {where} --study-name {summary['study']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tiframework.sweeps.report import write_report
+
+    out = write_report(args.study, study_name=args.study_name, out_dir=args.out)
+    print(f"report written to {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="run an Optuna sweep (sweeps/<name>.yaml) over experiment settings",
+        description="Run the trials of a sweep file. Each trial trains once per seed into "
+        "<runs_dir>/sweeps/<study>/trial-<n>[-seed-<s>]/. The study is a journal file in that folder unless "
+        "--storage names a PostgreSQL URL, which lets several machines (each running this same command) "
+        "share one study. Re-running the command resumes the study up to --n-trials in total.",
+    )
+    p.add_argument("sweep", help="sweep YAML, e.g. sweeps/vpt_lr_accum.yaml")
+    p.add_argument("overrides", nargs="*", help="overrides for the base experiment: " + OVERRIDE_HELP)
+    p.add_argument("--storage", help="postgresql://user:pass@host:5432/db, or a journal file/folder "
+                   "(default: <runs_dir>/sweeps/<study>/journal.log)")
+    p.add_argument("--n-trials", type=int, help="trials in the study in total (default: the sweep's n_trials)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
+    p.add_argument("--study-name", help="default: the sweep's study_name, else the file's stem")
+    p.set_defaults(func=_sweep)
+
+    r = subparsers.add_parser(
+        "sweep-report", help="tables, parameter importances and plots of a sweep's study",
+        description="Write trials.csv, trials.md (with parameter importances) and PNG plots: optimization "
+        "history, fidelity vs vectors per token (mean and std over seeds), plateau step vs learning rate.",
+    )
+    r.add_argument("study", metavar="STUDY_FOLDER_OR_STORAGE",
+                   help="runs/sweeps/<study>/, its journal.log, or a postgresql:// URL")
+    r.add_argument("--study-name", help="needed when the storage holds several studies")
+    r.add_argument("--out", help="output folder (default: <study folder>/report, or ./sweep-report-<study>)")
+    r.set_defaults(func=_report)

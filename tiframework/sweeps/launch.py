@@ -1,0 +1,143 @@
+"""`run_sweep`: create the study once, then run K workers (here, or spawned processes).
+
+Several machines join one PostgreSQL study by each running the same command; the study
+is created by whichever comes first (`load_if_exists`) and checked against the sweep by
+all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tiframework.errors import UserError
+from tiframework.sweep import base_config, check_study_name, load_sweep, sweep_dir
+from tiframework.sweeps import storage as st
+from tiframework.sweeps.worker import SweepProgress, WorkerSpec, counted, run_worker
+
+log = logging.getLogger(__name__)
+
+
+def _worker_main(spec: WorkerSpec, results: Any) -> None:
+    """Entry point of a spawned worker: it has no logging setup and no CLI to print errors."""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker-{spec.worker} %(name)s: %(message)s")
+    try:
+        results.put(run_worker(spec))
+    except UserError as exc:
+        print(f"error: worker {spec.worker}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _spawn(spec: WorkerSpec, workers: int, study: optuna.Study, progress: bool) -> list[dict[str, Any]]:
+    # spawn, not fork: torch and CUDA do not survive fork, and each worker loads its own model.
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(dataclasses.replace(spec, worker=i, progress=False), results),
+                         name=f"sweep-worker-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    bar = SweepProgress(study, spec.n_trials) if progress else None
+    out: list[dict[str, Any]] = []
+    try:
+        while any(p.is_alive() for p in procs):
+            while not results.empty():
+                out.append(results.get())
+            if bar:
+                bar.refresh(study)
+            time.sleep(2.0)
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the workers too; they mark their trials interrupted and exit.
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    finally:
+        if bar:
+            bar.refresh(study)
+            bar.close()
+    for p in procs:
+        p.join()
+    while not results.empty():
+        out.append(results.get())
+    bad = [f"worker {i} exited with {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
+    if bad:
+        log.warning("%s; the study keeps their trials (a dead worker's trial is retried on the next run)",
+                    "; ".join(bad))
+    return out
+
+
+@dataclasses.dataclass
+class Prepared:
+    spec: WorkerSpec
+    study: optuna.Study
+    loc: st.StudyLocation
+    folder: Path  # <runs_dir>/sweeps/<study>: the trials' run folders
+
+
+def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
+            storage: str | None = None, n_trials: int | None = None, study_name: str | None = None,
+            runner: str | None = None, progress: bool = True) -> Prepared:
+    """Check the sweep, open the storage and create (or reuse) the study: all before any worker starts."""
+    overrides = list(overrides or [])
+    sweep = load_sweep(sweep_path, overrides)
+    base = base_config(sweep, overrides)
+    name = check_study_name(study_name or sweep.default_study_name())
+    total = sweep.total_trials(n_trials)
+    folder = sweep_dir(base, name)
+    loc = st.locate(storage, folder)
+    study = st.create_study(sweep, base, st.open_storage(loc, sweep), name, loc)
+    log.info("study %s (%s): %d of %d trials exist; runs go to %s",
+             name, loc.describe(), counted(study.get_trials(deepcopy=False)), total, folder)
+    spec = WorkerSpec(str(sweep.path), tuple(overrides), storage, name, total, 0, progress, runner)
+    return Prepared(spec, study, loc, folder)
+
+
+def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
+              storage: str | None = None, n_trials: int | None = None, workers: int = 1,
+              study_name: str | None = None, runner: str | None = None,
+              pruner: optuna.pruners.BasePruner | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run a sweep to `n_trials` trials in total (those already in the study count); return a summary.
+
+    `runner` ("module:Class") and `pruner` are test hooks; `pruner` works in-process only.
+    """
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    p = prepare(sweep_path, overrides, storage=storage, n_trials=n_trials, study_name=study_name,
+                runner=runner, progress=progress)
+    if workers == 1:
+        results = [run_worker(p.spec, pruner)]
+    else:
+        if pruner is not None:
+            raise ValueError("a pruner object cannot be sent to spawned workers; use workers=1")
+        results = _spawn(dataclasses.replace(p.spec, workers=workers), workers, p.study, progress)
+    return study_summary(p.study, p.loc, p.folder, results)
+
+
+def study_summary(study: optuna.Study, loc: st.StudyLocation, folder: Path,
+                  workers: list[dict[str, Any]]) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    out: dict[str, Any] = {"study": study.study_name, "storage": loc.describe(), "folder": str(folder),
+                           "trials": len(trials), "states": dict(states)}
+    if states.get("COMPLETE") and len(study.directions) == 1:
+        best = study.best_trial
+        out |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
+    elif states.get("COMPLETE"):
+        out["pareto_trials"] = [t.number for t in study.best_trials]
+    loads = [w["model_load_s"] for w in workers if w.get("runs")]
+    if loads:
+        out["model_load_s"] = round(sum(loads) / len(loads), 3)
+        out["model_load_saved_s"] = round(sum(w["model_load_saved_s"] for w in workers), 3)
+    return out

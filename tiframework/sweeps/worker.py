@@ -1,0 +1,332 @@
+"""Sweep workers: each trial is ordinary `train` runs (one per seed) sharing one loaded model.
+
+`run_sweep` (the CLI) creates the study once, then runs `run_worker` in this process or in
+K spawned processes; on other machines the same command joins the same PostgreSQL study.
+A worker loops: under the gate, fail dead workers' trials (Optuna heartbeat), count the
+study's trials, and start one more while fewer than n_trials exist. A trial that raises,
+or whose run stops early (NaN loss, exploding norm), is FAIL with its reason and the
+study goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import statistics
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
+from tiframework.errors import UserError
+from tiframework.evaluation import FIDELITY, FLEXIBILITY
+from tiframework.sweep import CategoricalParam, IntParam, SweepConfig, base_config, load_sweep, sweep_dir
+from tiframework.sweep import trial_overrides as make_trial_overrides
+from tiframework.sweeps import storage as st
+
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """A run finished but cannot be scored (stopped early, no fidelity): the trial is FAIL."""
+
+
+class Runner(Protocol):
+    """How a worker loads the frozen model and runs one configuration (tests swap in cheap ones)."""
+
+    def load(self, model: ModelConfig) -> Any: ...
+    def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]: ...
+
+
+class TrainRunner:
+    def __init__(self) -> None:
+        import tiframework.models
+        import tiframework.train  # noqa: F401  (imported here so the timed load is the model alone)
+
+    def load(self, model: ModelConfig) -> Any:
+        from tiframework.models import load_model
+
+        return load_model(model)
+
+    def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]:
+        from tiframework.train import train
+
+        return train(cfg, parts=parts, on_eval=on_eval)
+
+
+def resolve_runner(ref: str | None) -> Runner:
+    """`None` -> real training; `"module:Class"` -> a test's runner (importable in spawned workers)."""
+    if ref is None:
+        return TrainRunner()
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a (spawned) worker needs; plain values so it pickles."""
+
+    sweep_path: str
+    overrides: tuple[str, ...]
+    storage: str | None
+    study_name: str
+    n_trials: int
+    worker: int = 0
+    progress: bool = True
+    runner: str | None = None
+    workers: int = 1  # processes on this machine (sampler seeding)
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that use up the budget: all but retried dead ones and Ctrl-C'd ones (re-run later)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.number not in retried and not t.user_attrs.get("interrupted"))
+
+
+def finished(trials: list[FrozenTrial]) -> int:
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried
+               and not t.user_attrs.get("interrupted"))
+
+
+def suggest(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, p in sweep.space.items():
+        if isinstance(p, CategoricalParam):
+            params[key] = trial.suggest_categorical(key, p.choices)
+        elif isinstance(p, IntParam):
+            params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        else:
+            params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+    return params
+
+
+def seed_result(summary: dict[str, Any], rows: list[dict[str, float]]) -> dict[str, Any]:
+    """One run's numbers: best fidelity, fidelity at the plateau (or last eval), flexibility."""
+    if summary.get("best_score") is None or not rows:
+        raise TrialFailed("the run has no fidelity scores (is eval.every > 0 and eval.reference set?)")
+    by_step = {int(r["step"]): r for r in rows if FIDELITY in r}
+    plateau = summary.get("plateau_step")
+    at_plateau = by_step.get(plateau) if plateau is not None else None
+    at_plateau = at_plateau or by_step[max(by_step)]
+    return {"best_fidelity": summary["best_score"], "best_step": summary.get("best_step"),
+            "plateau_step": plateau, "plateau_fidelity": at_plateau[FIDELITY],
+            "flexibility": by_step.get(summary.get("best_step"), {}).get(FLEXIBILITY),
+            "final_step": summary.get("final_step"), "run_dir": summary.get("run_dir")}
+
+
+def objective_values(sweep: SweepConfig, results: list[dict[str, Any]]) -> list[float]:
+    from tiframework.sweep import OBJECTIVES
+
+    values = []
+    for name in OBJECTIVES[sweep.objective]:
+        got = [r[name] for r in results]
+        if any(v is None for v in got):
+            raise TrialFailed(f"{name} is missing from a run's evaluation (eval.flexibility_prompts empty?)")
+        values.append(statistics.fmean(got))
+    return values
+
+
+def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> int | None:
+    """`sampler_seed` as given for a lone worker on a journal file (reproducible), else per worker.
+
+    Parallel workers seeded alike would draw the same "random" points (TPE's startup
+    trials, the random sampler), so each gets its own stream.
+    """
+    if sweep.sampler_seed is None or (spec.workers == 1 and loc.journal is not None):
+        return sweep.sampler_seed
+    return zlib.crc32(f"{sweep.sampler_seed}:{socket.gethostname()}:{os.getpid()}:{spec.worker}".encode())
+
+
+def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if sweep.sampler == "grid":
+            grid = {k: p.choices for k, p in sweep.space.items() if isinstance(p, CategoricalParam)}
+            return optuna.samplers.GridSampler(grid, seed=seed)
+        if sweep.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        # constant_liar: parallel workers do not all sample the same point while trials run.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(sweep: SweepConfig, base: ExperimentConfig) -> optuna.pruners.BasePruner:
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
+                                           n_warmup_steps=sweep.pruner_warmup_steps)
+    if sweep.pruner == "hyperband":
+        # Resources are optimizer steps: the first rung is the first evaluation.
+        steps = sweep.space.get("training.max_steps")
+        longest = base.training.max_steps
+        if steps is not None:
+            longest = max(steps.choices) if isinstance(steps, CategoricalParam) else int(steps.high)
+        low = max(1, base.eval.every)
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=max(longest, low + 1))
+    return optuna.pruners.NopPruner()
+
+
+class SweepProgress:
+    """A tqdm bar of finished trials with the best value so far (an Optuna callback too)."""
+
+    def __init__(self, study: optuna.Study, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.total = total
+        self.bar = tqdm(total=total, desc=f"sweep {study.study_name}", unit="trial", dynamic_ncols=True)
+        self.refresh(study)
+
+    def refresh(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        self.bar.n = min(finished(trials), self.total)
+        self.bar.set_postfix_str(best_text(study, trials), refresh=False)
+        self.bar.refresh()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.refresh(study)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def best_text(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not done:
+        return "no complete trial yet"
+    if len(study.directions) > 1:
+        return f"Pareto front: {len(study.best_trials)} trial(s)"
+    best = study.best_trial
+    return f"best {best.value:.4f} (trial {best.number})"
+
+
+class Objective:
+    """One trial: suggest a configuration, train it once per seed, return the mean objective."""
+
+    def __init__(self, sweep: SweepConfig, base: ExperimentConfig, study_name: str, runner: Runner,
+                 parts: Any, load_s: float, gate: st.TrialGate, worker: int, run_progress: bool) -> None:
+        self.sweep, self.base, self.study_name = sweep, base, study_name
+        self.runner, self.parts, self.load_s, self.gate = runner, parts, load_s, gate
+        self.worker, self.run_progress = worker, run_progress
+        self.runs = 0  # runs this worker trained; all but its first reused the loaded model
+        self.saved_s = 0.0
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.gate.release()  # our trial exists now: the next worker may count and ask
+        params = suggest(trial, self.sweep)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("model_load_s", round(self.load_s, 3))
+        saved_before = self.saved_s
+        try:
+            return self._run_seeds(trial, params)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # not counted: re-running the command redoes it
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except (TrialFailed, UserError) as exc:
+            # Bad settings or a run that stopped: the reason says it all, a traceback would bury it.
+            trial.set_user_attr("fail_reason", str(exc)[:1000])
+            raise TrialFailed(str(exc)) from None
+        except Exception as exc:  # a bug: keep the full traceback in the log
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+        finally:
+            trial.set_user_attr("model_load_saved_s", round(self.saved_s - saved_before, 3))
+
+    def _run_seeds(self, trial: optuna.Trial, params: dict[str, Any]) -> float | list[float]:
+        seeds: list[int | None] = list(self.sweep.seeds) if self.sweep.seeds else [None]
+        results: dict[str, dict[str, Any]] = {}
+        for i, seed in enumerate(seeds):
+            over = make_trial_overrides(self.sweep, self.study_name, trial.number, params, seed,
+                                        self.base.logging.runs_dir)
+            if not self.run_progress:
+                over["logging.progress_bar"] = False
+            cfg = with_overrides(self.base, over)
+            rows: list[dict[str, float]] = []
+            self.saved_s += self.load_s if self.runs else 0.0
+            self.runs += 1
+            start = time.perf_counter()
+            summary = self.runner.run(cfg, self.parts, self._on_eval(trial, rows, report=i == 0))
+            if summary.get("stopped"):
+                raise TrialFailed(f"seed {cfg.training.seed}: {summary['stopped']}")
+            results[str(cfg.training.seed)] = seed_result(summary, rows) | {
+                "train_s": round(time.perf_counter() - start, 2)}
+            trial.set_user_attr("seeds", results)  # per seed, as they finish
+        values = objective_values(self.sweep, list(results.values()))
+        return values[0] if len(values) == 1 else values
+
+    def _on_eval(self, trial: optuna.Trial, rows: list[dict[str, float]], report: bool):
+        # Pruning follows the first seed's curve; later seeds of a surviving trial just run.
+        report = report and len(self.sweep.directions) == 1
+
+        def on_eval(row: dict[str, float]) -> None:
+            rows.append(row)
+            step, value = int(row["step"]), row.get(FIDELITY)
+            # Step 0 is the init-text baseline, the same for every setting: nothing to judge yet.
+            if not report or step == 0 or value is None or value != value:
+                return
+            trial.report(float(value), step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_step", step)
+                raise optuna.TrialPruned(f"fidelity {value:.4f} at step {step} is below the pruner's bar")
+
+        return on_eval
+
+
+def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n_trials: int,
+                poll_s: float, progress: SweepProgress | None) -> int:
+    """Run trials until the study holds n_trials counted ones and none is left to retry."""
+    ran = 0
+    while True:
+        with gate:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial -> FAIL + a WAITING retry
+            trials = study.get_trials(deepcopy=False)
+            if counted(trials) < n_trials or any(t.state == TrialState.WAITING for t in trials):
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                               callbacks=[progress] if progress else None)
+                ran += 1
+                continue
+        # Nothing to start. Stay while others run: if one of them dies, its retry is ours to run.
+        if not any(t.state == TrialState.RUNNING for t in trials):
+            return ran
+        if progress:
+            progress.refresh(study)
+        time.sleep(poll_s)
+
+
+def run_worker(spec: WorkerSpec, pruner: optuna.pruners.BasePruner | None = None) -> dict[str, Any]:
+    """Join the (already created) study and run trials until it has `spec.n_trials`."""
+    sweep = load_sweep(spec.sweep_path, list(spec.overrides))
+    base = base_config(sweep, list(spec.overrides))
+    folder = sweep_dir(base, spec.study_name)
+    loc = st.locate(spec.storage, folder)
+    study = optuna.load_study(study_name=spec.study_name, storage=st.open_storage(loc, sweep),
+                              sampler=make_sampler(sweep, worker_seed(sweep, spec, loc)),
+                              pruner=pruner or make_pruner(sweep, base))
+    runner = resolve_runner(spec.runner)
+    start = time.perf_counter()
+    parts = runner.load(base.model)
+    load_s = time.perf_counter() - start
+    log.info("worker %d: loaded the frozen model in %.2f s, once; its later runs reuse it", spec.worker, load_s)
+    objective = Objective(sweep, base, spec.study_name, runner, parts, load_s,
+                          st.open_gate(loc, folder, spec.study_name), spec.worker, run_progress=spec.progress)
+    progress = SweepProgress(study, spec.n_trials) if spec.progress else None
+    try:
+        ran = _run_trials(study, objective, objective.gate, spec.n_trials,
+                          min(5.0, sweep.heartbeat_interval), progress)
+    finally:
+        if progress:
+            progress.close()
+    log.info("worker %d: %d trial(s), %d run(s); reusing the model saved %.2f s per run after the first "
+             "(%.1f s in all)", spec.worker, ran, objective.runs, load_s, objective.saved_s)
+    return {"worker": spec.worker, "trials": ran, "runs": objective.runs, "model_load_s": load_s,
+            "model_load_saved_s": objective.saved_s}
