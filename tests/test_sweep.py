@@ -359,6 +359,23 @@ def test_failed_trials_record_their_reason_and_the_study_goes_on(tmp_path, exper
     assert [r["fail_reason"] for r in rows] == [reasons[0], reasons[1], ""]
 
 
+def test_report_of_a_two_objective_sweep_over_vpt_and_lr(tmp_path, experiment):
+    from tiframework.sweeps.launch import run_sweep
+    from tiframework.sweeps.report import write_report
+
+    space = {VPT: categorical(1, 2, 4), "training.learning_rate": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}
+    run_sweep(write_sweep(tmp_path, objective="fidelity_flexibility", sampler="random", n_trials=4, seeds=[0, 1],
+                          space=space), runner=FAKE, progress=False)
+    out = write_report(str(tmp_path / "runs" / "sweeps" / "s" / "journal.log"), out_dir=tmp_path / "rep")
+    assert {p.name for p in out.iterdir()} == {"trials.csv", "trials.md", "history.png", "fidelity_vs_vpt.png",
+                                               "plateau_vs_lr.png", "pareto.png"}
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 4 and {"objective_best_fidelity", "objective_flexibility", VPT} <= set(rows[0])
+    assert float(rows[0]["best_fidelity_std"]) == pytest.approx(0.0001 / 2**0.5, rel=0.01)  # seeds 0 and 1
+    text = (out / "trials.md").read_text()
+    assert "- best_fidelity: " in text and "- flexibility: the objective never varied" in text
+
+
 # --- several workers, and workers that die ----------------------------------------------------
 
 

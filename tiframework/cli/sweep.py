@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from tiframework.cli.train import OVERRIDE_HELP
-
 
 def _sweep(args: argparse.Namespace) -> int:
     from tiframework.sweeps.launch import run_sweep
@@ -36,7 +34,8 @@ def register(subparsers) -> None:
         "share one study. Re-running the command resumes the study up to --n-trials in total.",
     )
     p.add_argument("sweep", help="sweep YAML, e.g. sweeps/vpt_lr_accum.yaml")
-    p.add_argument("overrides", nargs="*", help="overrides for the base experiment: " + OVERRIDE_HELP)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for the base experiment, e.g. "
+                   "model.preset=tiny training.max_steps=4 (see `tiframework config keys`)")
     p.add_argument("--storage", help="postgresql://user:pass@host:5432/db, or a journal file/folder "
                    "(default: <runs_dir>/sweeps/<study>/journal.log)")
     p.add_argument("--n-trials", type=int, help="trials in the study in total (default: the sweep's n_trials)")

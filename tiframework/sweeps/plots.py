@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tiframework.sweeps.report import LR, VPT, _seed_stats, finite, objective_names, save_figure
+from tiframework.sweeps.report import LR, VPT, finite, objective_names, save_figure, seed_stats
 
 
 def _figure(width: float = 7.0, height: float = 4.0) -> Any:
@@ -23,6 +23,8 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Any:
 
 
 def history(study: optuna.Study, out: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     trials = study.get_trials(deepcopy=False)
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
@@ -40,6 +42,7 @@ def history(study: optuna.Study, out: Path) -> str:
         if pruned and i == 0:
             last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
             ax.scatter([t.number for t in pruned], last, marker="x", color="gray", label="pruned (last report)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
         ax.set_xlabel("trial")
         ax.set_ylabel(name)
         ax.legend(loc="best", fontsize="small")
@@ -60,7 +63,7 @@ def _spread(groups: dict[float, list[Any]]) -> list[tuple[float, Any]]:
 def fidelity_vs_vpt(study: optuna.Study, out: Path) -> str:
     groups: dict[float, list[tuple[float, float, int]]] = defaultdict(list)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        mean, std, n = _seed_stats(t, "best_fidelity")
+        mean, std, n = seed_stats(t, "best_fidelity")
         if VPT in t.params and mean is not None:
             groups[float(t.params[VPT])].append((mean, std or 0.0, n))
     if not groups:
@@ -127,7 +130,10 @@ def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
                     mfc="none" if censored else None,
                     label="no plateau in some seed (final step used)" if censored else "plateau step, mean ± std")
     if numeric:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log range
         ax.set_xlabel("learning rate")
     else:
         ax.set_xticks(range(len(labels)), [lb if len(lb) < 28 else lb[:25] + "..." for lb in labels],

@@ -50,7 +50,7 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(names) if names else [f"value_{i}" for i in range(len(study.directions))]
 
 
-def _seed_stats(trial: FrozenTrial, key: str) -> tuple[float | None, float | None, int]:
+def seed_stats(trial: FrozenTrial, key: str) -> tuple[float | None, float | None, int]:
     """Mean and std over the trial's seeds of one per-seed number (None when absent)."""
     values = [s.get(key) for s in trial.user_attrs.get("seeds", {}).values()]
     values = [float(v) for v in values if v is not None]
@@ -82,7 +82,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         values = t.values or []
         row |= {f"objective_{n}": (values[i] if i < len(values) else "") for i, n in enumerate(names)}
         for key in ("best_fidelity", "plateau_step"):
-            mean, std, n = _seed_stats(t, key)
+            mean, std, n = seed_stats(t, key)
             row[key] = "" if mean is None else round(mean, 6)
             row[f"{key}_std"] = "" if std is None else round(std, 6)
         row["seeds"] = len(t.user_attrs.get("seeds", {}))
@@ -103,6 +103,9 @@ def importances(study: optuna.Study) -> dict[str, dict[str, float] | str]:
     out: dict[str, dict[str, float] | str] = {}
     for i, name in enumerate(names):
         target = (lambda t, i=i: t.values[i]) if len(names) > 1 else None
+        if len({t.values[i] for t in complete}) == 1:
+            out[name] = "the objective never varied, so no parameter explains it"
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -220,6 +220,7 @@ class Objective:
         self.gate.release()  # our trial exists now: the next worker may count and ask
         params = suggest(trial, self.sweep)
         trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("seeds", {})  # a retried trial inherits its dead predecessor's attrs
         trial.set_user_attr("model_load_s", round(self.load_s, 3))
         saved_before = self.saved_s
         try:
