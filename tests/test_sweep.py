@@ -308,6 +308,8 @@ def test_pruners_and_parallel_sampler_seeds():
     assert worker_seed(sweep, alone, journal) == 7  # one worker: reproducible
     seeds = {worker_seed(sweep, WorkerSpec("s.yaml", (), None, "s", 3, worker=i, workers=2), journal) for i in (0, 1)}
     assert len(seeds) == 2 and worker_seed(sweep, alone, db) != 7  # parallel workers never share a stream
+    grid = SweepConfig(experiment="x", space={VPT: categorical(1, 2)}, sampler="grid", sampler_seed=7)
+    assert worker_seed(grid, WorkerSpec("s.yaml", (), None, "s", 3, worker=1, workers=2), db) == 7  # one order
 
 
 # --- the shipped sweeps, shrunk to the tiny preset as CI runs them ----------------------------

@@ -138,9 +138,10 @@ def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> 
     """`sampler_seed` as given for a lone worker on a journal file (reproducible), else per worker.
 
     Parallel workers seeded alike would draw the same "random" points (TPE's startup
-    trials, the random sampler), so each gets its own stream.
+    trials, the random sampler), so each gets its own stream. The grid is the opposite:
+    its seed shuffles the grid, and every worker must see the same order.
     """
-    if sweep.sampler_seed is None or (spec.workers == 1 and loc.journal is not None):
+    if sweep.sampler == "grid" or sweep.sampler_seed is None or (spec.workers == 1 and loc.journal is not None):
         return sweep.sampler_seed
     return zlib.crc32(f"{sweep.sampler_seed}:{socket.gethostname()}:{os.getpid()}:{spec.worker}".encode())
 
