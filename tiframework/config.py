@@ -185,19 +185,25 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config, resolving `extends:` (a path relative to this file)."""
-    path = path.resolve()
-    if path in seen:
-        raise UserError(f"{path}: 'extends' forms a cycle")
+def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; UserError naming the file if missing, invalid or not a mapping."""
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a config must be a mapping of sections")
+        raise UserError(f"{path}: {not_mapping}")
+    return data
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving `extends:` (a path relative to this file)."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'extends' forms a cycle")
+    data = read_yaml_mapping(path, "config file", "a config must be a mapping of sections")
     base = data.pop("extends", None)
     if base is None:
         return data

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from tiframework.config import (
@@ -24,6 +23,7 @@ from tiframework.config import (
     describe_keys,
     load_config,
     parse_overrides,
+    read_yaml_mapping,
     with_overrides,
 )
 from tiframework.errors import UserError
@@ -213,14 +213,7 @@ def base_config(sweep: SweepConfig, cli_overrides: list[str] | None = None) -> E
 def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> SweepConfig:
     """Read and fully check a sweep file (its base experiment included); raise UserError if bad."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: sweep file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a sweep file is a mapping (experiment, space, objective, ...)")
+    data = read_yaml_mapping(path, "sweep file", "a sweep file is a mapping (experiment, space, objective, ...)")
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as err:
