@@ -105,14 +105,17 @@ def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -
 
 
 def make_evaluator(cfg: ExperimentConfig, parts: SDParts, reference: str | None = None):
-    """The run's evaluator, with the toy world's attribute accuracy when the data is a toy character."""
+    """The run's evaluator, with the toy world's attribute accuracy when the reference art
+    (or else the data) is a toy character: a pruned variant of a toy dataset is a plain
+    folder, but its `eval.reference: toyworld:<character>:reference` still names her."""
     from tiframework.scoring import Evaluator
 
     extra = []
-    if (cfg.data.path or "").startswith("toyworld:"):
+    spec = next((s for s in (reference or cfg.eval.reference, cfg.data.path) if (s or "").startswith("toyworld:")), None)
+    if spec:
         from tiframework.scoring import toyworld_attribute_scorer
 
-        extra.append(toyworld_attribute_scorer(cfg.data.path))
+        extra.append(toyworld_attribute_scorer(spec))
     return Evaluator(cfg, parts, reference=reference, extra=extra)
 
 

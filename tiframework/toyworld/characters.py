@@ -7,9 +7,10 @@ base model cannot draw them from tags alone and an embedding has something to le
 
 Dataset specs (the data loader's `data.path` / `eval.reference`):
 
-    toyworld:<character>[:train|:reference][?n=<images>&seed=<seed>]
+    toyworld:<character>[:train|:reference][?n=<images>&seed=<seed>&pruned=1]
 
-e.g. `toyworld:kiri` (24 training images, seed 0) or `toyworld:kiri:reference?n=8`.
+e.g. `toyworld:kiri` (24 training images, seed 0), `toyworld:kiri:reference?n=8`, or
+`toyworld:kiri?pruned=1` (her trait tags pruned from the captions, as `tags prune` does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_dir
@@ -110,24 +112,35 @@ def materialize(character: str, n: int, seed: int, root: Path, split: str = "tra
     return folder
 
 
-def parse_spec(spec: str) -> tuple[str, str, int, int]:
-    """`toyworld:<character>[:split][?n=N&seed=S]` -> (character, split, n, seed)."""
+class Spec(NamedTuple):
+    name: str
+    split: str
+    n: int
+    seed: int
+    pruned: bool
+
+
+def parse_spec(spec: str) -> Spec:
+    """`toyworld:<character>[:split][?n=N&seed=S&pruned=1]` -> Spec."""
     m = SPEC.match(spec.strip())
     if not m:
-        raise UserError(f"{spec!r}: not a toy-world dataset; write toyworld:<character>[:train|:reference][?n=24&seed=0]")
+        raise UserError(f"{spec!r}: not a toy-world dataset; write "
+                        "toyworld:<character>[:train|:reference][?n=24&seed=0&pruned=1]")
     split = m["split"] or "train"
     get_character(m["name"])
     if split not in SPLITS:
         raise UserError(f"{spec!r}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    options = {"n": DEFAULT_N[split], "seed": 0}
+    options = {"n": DEFAULT_N[split], "seed": 0, "pruned": 0}
     for item in filter(None, (m["query"] or "").split("&")):
         key, _, value = item.partition("=")
         if key not in options or not value.lstrip("-").isdigit():
-            raise UserError(f"{spec!r}: bad option {item!r}; options are n=<int> and seed=<int>")
+            raise UserError(f"{spec!r}: bad option {item!r}; options are n=<int>, seed=<int> and pruned=0|1")
         options[key] = int(value)
     if options["n"] < 1:
         raise UserError(f"{spec!r}: n must be at least 1")
-    return m["name"], split, options["n"], options["seed"]
+    if options["pruned"] not in (0, 1):
+        raise UserError(f"{spec!r}: pruned must be 0 or 1")
+    return Spec(m["name"], split, options["n"], options["seed"], bool(options["pruned"]))
 
 
 def is_spec(path: str) -> bool:
@@ -136,5 +149,15 @@ def is_spec(path: str) -> bool:
 
 def resolve_dataset_path(spec: str, cache_root: Path = Path(".cache/toyworld")) -> Path:
     """A toy-world spec -> a folder of images and captions (generated once, then reused)."""
-    name, split, n, seed = parse_spec(spec)
-    return materialize(name, n, seed, Path(cache_root), split)
+    name, split, n, seed, pruned = parse_spec(spec)
+    folder = materialize(name, n, seed, Path(cache_root), split)
+    if not pruned:
+        return folder
+    # The guide's step 4, done by the project's own tool (`tiframework tags prune --remove`):
+    # her traits leave the captions, so the embedding has to carry them.
+    from tiframework.tags import VARIANT_FILE, make_variant
+
+    variant = folder.with_name(folder.name + "-pruned")
+    if not (variant / VARIANT_FILE).is_file():
+        make_variant(folder, variant, remove=get_character(name).trait_tags())
+    return variant
