@@ -1,6 +1,6 @@
 """Optimizer steps per second and peak memory of our training step vs the diffusers example's.
 
-    python benchmarks/train_step.py                  # tiny on CPU (+ sd15-random at 512 when a GPU is present)
+    python benchmarks/train_step.py                  # tiny and toyworld on CPU (+ sd15-random at 512 on a GPU)
     python benchmarks/train_step.py --preset sd15-random --size 512 --steps 20
 
 Ours: latents cached once, AdamW over only the new vectors (VPT x width), the vectors
@@ -130,8 +130,9 @@ def main() -> None:
     if args.child:
         return child(args)
     gpu = torch.cuda.is_available()
-    cases = [(args.preset, args.size or 32, args.device or ("cuda" if gpu else "cpu"))] if args.preset else \
-        [("tiny", 32, "cpu")] + ([("sd15-random", 512, "cuda")] if gpu else [])
+    native = {"tiny": 32, "toyworld": 64, "sd15-random": 512}
+    cases = [(args.preset, args.size or native.get(args.preset, 512), args.device or ("cuda" if gpu else "cpu"))] \
+        if args.preset else [("tiny", 32, "cpu"), ("toyworld", 64, "cpu")] + ([("sd15-random", 512, "cuda")] if gpu else [])
     print(f"{'preset':12} {'size':>5} {'device':6} {'variant':9} {'steps/s':>9} {'peak MiB':>9}")
     for preset, size, device in cases:
         rows = {v: measure(preset, size, args.vpt, args.steps, device, v) for v in ("baseline", "ours")}
