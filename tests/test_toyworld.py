@@ -48,10 +48,13 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 
 def test_materialize_layout_and_reuse(tmp_path: Path) -> None:
     folder = resolve_dataset_path("toyworld:sora:reference?n=3&seed=1", tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == [f"000{i}.{e}" for i in range(3) for e in ("png", "txt")]
+    assert sorted(p.name for p in folder.iterdir()) == [".toyworld"] + [f"000{i}.{e}" for i in range(3) for e in ("png", "txt")]
     stamp = (folder / "0000.png").stat().st_mtime_ns
     assert resolve_dataset_path("toyworld:sora:reference?n=3&seed=1", tmp_path) == folder
     assert (folder / "0000.png").stat().st_mtime_ns == stamp  # a complete folder is reused, not rewritten
+    (folder / ".toyworld").write_text("made-by-older-code")
+    assert resolve_dataset_path("toyworld:sora:reference?n=3&seed=1", tmp_path) == folder
+    assert (folder / "0000.png").stat().st_mtime_ns != stamp  # ... unless other drawing code made it
 
 
 def test_spec_syntax() -> None:

@@ -15,6 +15,8 @@ e.g. `toyworld:kiri` (24 training images, seed 0), `toyworld:kiri:reference?n=8`
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -103,13 +105,33 @@ def materialize(character: str, n: int, seed: int, root: Path, split: str = "tra
 
     records = character_images(character, n, seed, split)
     folder = Path(root) / f"{character}-{split}-n{n}-s{seed}"
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == n and len(list(folder.glob("*.txt"))) == n:
+    if _stamped(folder) and len(list(folder.glob("*.png"))) == n and len(list(folder.glob("*.txt"))) == n:
         return folder
     with atomic_dir(folder) as tmp:
         for i, attrs in enumerate(records):
             render(attrs).save(tmp / f"{i:04d}.png", optimize=False)
             (tmp / f"{i:04d}.txt").write_text(attrs.caption() + "\n", encoding="utf-8")
+        (tmp / STAMP_FILE).write_text(world_stamp())
     return folder
+
+
+STAMP_FILE = ".toyworld"
+
+
+@functools.lru_cache(maxsize=1)
+def world_stamp() -> str:
+    """A hash of the code that draws and captions the world: a cached dataset made by
+    other code (an older checkout) is stale and gets regenerated, never silently reused."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("world.py", "draw.py", "characters.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stamped(folder: Path) -> bool:
+    stamp = folder / STAMP_FILE
+    return stamp.is_file() and stamp.read_text() == world_stamp()
 
 
 class Spec(NamedTuple):
@@ -158,6 +180,7 @@ def resolve_dataset_path(spec: str, cache_root: Path = Path(".cache/toyworld")) 
     from tiframework.tags import VARIANT_FILE, make_variant
 
     variant = folder.with_name(folder.name + "-pruned")
-    if not (variant / VARIANT_FILE).is_file():
+    if not ((variant / VARIANT_FILE).is_file() and _stamped(variant)):
         make_variant(folder, variant, remove=get_character(name).trait_tags())
+        (variant / STAMP_FILE).write_text(world_stamp())
     return variant
