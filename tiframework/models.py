@@ -91,7 +91,9 @@ class SDParts:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SDParts:
         for m in self.frozen_modules():
-            m.to(device=device, dtype=dtype)
+            current = next(m.parameters())
+            if current.device != torch.device(device) or (dtype is not None and current.dtype != dtype):
+                m.to(device=device, dtype=dtype)  # only on a change: diffusers warns on every dtype cast
         return self
 
     def noise_scheduler(self):

@@ -185,6 +185,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         if cfg.logging.progress_bar:
             callbacks.append(progress)
 
+        # Lightning's own INFO lines (GPU/TPU availability, an ad for its cloud logger) say less than ours.
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
         trainer = pl.Trainer(
             accelerator=accelerator, devices=1, precision=_precision(cfg, accelerator),
             max_steps=remaining, max_epochs=1, accumulate_grad_batches=t.accumulate,
@@ -195,6 +197,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
         )
         torch.manual_seed(t.seed)
+        log.info("training %s on %s (%s), %d steps", cfg.embedding.name, accelerator, _precision(cfg, accelerator),
+                 remaining)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
