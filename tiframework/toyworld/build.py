@@ -92,11 +92,12 @@ def _side_models(vae, total: float, seed: int, report: BuildReport, out: dict) -
     report.record("clip", time.monotonic() - t0, losses)
 
 
-def build(out: Path = WEIGHTS_DIR, budget_minutes: float = 45.0, seed: int = 0, threads: int = 1) -> BuildReport:
+def build(out: Path = WEIGHTS_DIR, budget_minutes: float = 50.0, seed: int = 0, threads: int = 0) -> BuildReport:
     """Train VAE, UNet + text encoder, attribute classifier and CLIP; write them to `out`.
 
-    `threads`: torch CPU threads. 1 is the default because on a shared 2-core machine
-    two spinning OpenMP threads ran 5-20x slower per step than one (measured).
+    `threads`: torch CPU threads (0: torch's default). On an idle 2-core machine 2 threads
+    ran the UNet phase 1.3x faster than 1; on a machine shared with other work, two
+    spinning OpenMP threads ran 5-20x slower per step than one (both measured).
     """
     if threads > 0:
         torch.set_num_threads(threads)
