@@ -177,3 +177,24 @@ def test_classifier_accurate_on_held_out_characters() -> None:
         images = [render(a) for a in character_images(name, 32, seed=123)]
         scores = attribute_accuracy(images, name, clf)
         assert min(scores.values()) >= CLASSIFIER_THRESHOLD, (name, scores)
+
+
+@pytest.mark.slow
+def test_build_command_writes_a_loadable_world(tmp_path: Path) -> None:
+    """`tiframework toyworld build` end to end on a 15-second budget: every model, the card."""
+    from tiframework.cli import main
+    from tiframework.config import ModelConfig
+    from tiframework.models import load_model
+    from tiframework.toyworld.classifier import AttributeClassifier
+    from tiframework.toyworld.nets import verify_weights
+
+    out = tmp_path / "weights"
+    assert main(["toyworld", "build", "--out", str(out), "--budget-minutes", "0.25", "--threads", "1"]) == 0
+    verify_weights(out)
+    parts = load_model(ModelConfig(path=str(out)))
+    assert parts.native_size == 64 and parts.width == 64
+    AttributeClassifier(out / "classifier").predict([render(sample_attributes(random.Random(0)))])
+    assert (out / "clip" / "open_clip_model.safetensors").is_file()
+    card = (out / "CARD.md").read_text()
+    assert "| diffusion |" in card and "kiri:" in card and "--budget-minutes 0.25" in card
+    assert not list(tmp_path.glob(".weights.*"))  # no temporary folder left behind

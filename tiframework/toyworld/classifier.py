@@ -73,7 +73,7 @@ def train_classifier(seconds: float, seed: int, vae=None, batch: int = 64) -> tu
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return net.eval(), losses

@@ -53,7 +53,7 @@ def train_clip(seconds: float, seed: int, batch: int = 128) -> tuple[torch.nn.Mo
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap at 100
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return model.eval(), losses

@@ -43,7 +43,7 @@ def train_vae(seconds: float, seed: int, batch: int = 12, kl_weight: float = 1e-
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        losses.append(float(rec))
+        losses.append(rec.item())
         if step % LOG_EVERY == 0:
             bar.set_postfix(rec=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}")
     vae.eval().requires_grad_(False)
