@@ -20,24 +20,19 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-# Two-sided 95% Student t quantiles by degrees of freedom (no scipy dependency for one table).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
 
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% t-interval (0 for a single value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
-    t = T95.get(len(values) - 1, 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+    from scipy.stats import t
+
+    return mean, float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def trait_rates(parts, character: str, name: str, vectors, n_samples: int, steps: int, guidance: float) -> dict:
@@ -62,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks" / "pruning")
     args = ap.parse_args(argv)
 
-    import torch
-
     from tiframework.config import load_config
     from tiframework.embeddings import load_embedding
+    from tiframework.fileio import atomic_write_text
     from tiframework.models import load_model
     from tiframework.toyworld.characters import get_character, resolve_dataset_path
     from tiframework.train import starting_point, train
@@ -91,13 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 f"training.seed={seed}", f"logging.experiment=pruning-{arm}"])
             summary = train(cfg, parts=parts)
             vectors = load_embedding(summary["embedding"]).vectors
-            with torch.no_grad():
-                rates = trait_rates(parts, character.name, name, vectors, args.samples, args.sample_steps,
-                                    args.guidance)
+            rates = trait_rates(parts, character.name, name, vectors, args.samples, args.sample_steps, args.guidance)
             rows[arm].append({"seed": seed, **rates})
             print(f"seed {seed} {arm:8s} traits {rates['traits']:.3f}  ({time.monotonic() - t0:.0f} s)", flush=True)
 
-    groups = [g for g, want in character.expected().items() if want != "no"] + ["traits"]
+    groups = [*character.trait_groups(), "traits"]
     table = {g: {"step0": floor[g], **{arm: interval([r[g] for r in rows[arm]]) for arm in datasets}} for g in groups}
     lines = [f"# Pruning on the toy world: `{character.name}`, seeds {args.seeds}, {args.steps} steps, "
              f"{args.samples} `[name]` samples per run", "",
@@ -108,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {g} | {row['step0']:.3f} | {u:.3f} ± {uh:.3f} | {p:.3f} ± {ph:.3f} | {p - u:+.3f} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    (args.out / "pruning.md").write_text(text)
-    (args.out / "pruning.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "table": table, "runs": rows}, indent=1))
+    atomic_write_text(args.out / "pruning.md", text)
+    atomic_write_text(args.out / "pruning.json", json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                            "table": table, "runs": rows}, indent=1))
     print(f"wrote {args.out / 'pruning.md'} ({time.monotonic() - t0:.0f} s)")
     return 0
 

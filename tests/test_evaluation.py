@@ -301,7 +301,7 @@ def eval_config(reference_dir, weights_file, **changes) -> EvalConfig:
 
 
 def test_validate_eval_config_returns_a_working_scorer(reference_dir, weights_file, scorer):
-    loaded = validate_eval_config(eval_config(reference_dir, weights_file))
+    loaded = validate_eval_config(eval_config(reference_dir, weights_file)).scorer
     torch.testing.assert_close(loaded.image_features(REFERENCE[:1]), scorer.image_features(REFERENCE[:1]))
 
 

@@ -67,7 +67,9 @@ def family(width: int) -> str:
 
 def vector_norms(emb: Embedding) -> list[float]:
     """Per-vector L2 norms; a norm far above the vocabulary's (~0.4 for SD 1.x) is a fried embedding."""
-    return [float(n) for n in emb.vectors.float().norm(dim=1)]
+    from tiframework.diagnostics import vector_norms as tensor_norms
+
+    return tensor_norms(emb.vectors)
 
 
 # ---------------------------------------------------------------------------- creation

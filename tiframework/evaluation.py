@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -207,13 +208,19 @@ def check_eval_prompts(cfg: EvalConfig) -> None:
             )
 
 
-def validate_eval_config(cfg: EvalConfig, device: str | torch.device = "cpu") -> ClipScorer:
-    """Check the eval section before any training time is spent; return the loaded scorer.
+class ValidatedEval(NamedTuple):
+    scorer: ClipScorer
+    reference_images: list[Image.Image]
+
+
+def validate_eval_config(cfg: EvalConfig, device: str | torch.device = "cpu") -> ValidatedEval:
+    """Check the eval section before any training time is spent; return the loaded scorer
+    and the reference images, so neither is loaded twice.
 
     Cheapest checks first: prompts, model name, weights file present, reference images
     readable, then the weights actually loading into the model. Each failure is one
     UserError naming the key. Call it when evaluation is on (`eval.every > 0`, or the
-    eval command); the returned scorer can be reused instead of loading CLIP twice.
+    eval command).
     """
     check_eval_prompts(cfg)
     check_clip_model_name(cfg.clip_model)
@@ -221,9 +228,9 @@ def validate_eval_config(cfg: EvalConfig, device: str | torch.device = "cpu") ->
         raise UserError(f"eval.clip_pretrained: {cfg.clip_pretrained} not found (give a local weights file)")
     if cfg.reference is None:
         raise UserError("eval.reference is not set: fidelity needs a folder of reference art")
-    read_reference_images(cfg.reference)
+    reference_images = read_reference_images(cfg.reference)
     if cfg.clip_pretrained is None:
         log.warning(
             "eval.clip_pretrained is not set: %s has random weights, scores are meaningless", cfg.clip_model
         )
-    return load_clip_scorer(cfg.clip_model, cfg.clip_pretrained, device)
+    return ValidatedEval(load_clip_scorer(cfg.clip_model, cfg.clip_pretrained, device), reference_images)

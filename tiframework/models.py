@@ -123,6 +123,13 @@ def _layout_defaults(folder: Path, unet: Any, vae: Any) -> tuple[int, int]:
     return native, max(8, scale * 2 ** (len(unet.config.block_out_channels) - 1))
 
 
+def _assemble(folder: Path, tokenizer: Any, text_encoder: Any, unet: Any, vae: Any, source: str) -> SDParts:
+    """SDParts with the layout and noise schedule that `folder` (the model's configs) gives."""
+    native, step = _layout_defaults(folder, unet, vae)
+    return SDParts(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
+                   scheduler_config=_scheduler_config(folder), source=source, native_size=native, bucket_step=step)
+
+
 def _tokenizer_for(folder: Path | None):
     from tiframework.tokenizer import clip_tokenizer
 
@@ -152,17 +159,7 @@ def build_random(preset: str, seed: int = 0) -> SDParts:
     vae = AutoencoderKL.from_config(_read_json(folder / "vae" / "config.json"))
     text_cfg = CLIPTextConfig(**_read_json(folder / "text_encoder" / "config.json"))
     text_encoder = CLIPTextModel(text_cfg)
-    native, step = _layout_defaults(folder, unet, vae)
-    return SDParts(
-        tokenizer=_tokenizer_for(None),
-        text_encoder=text_encoder,
-        unet=unet,
-        vae=vae,
-        scheduler_config=_scheduler_config(folder),
-        source=f"preset:{preset}",
-        native_size=native,
-        bucket_step=step,
-    )
+    return _assemble(folder, _tokenizer_for(None), text_encoder, unet, vae, f"preset:{preset}")
 
 
 def load_diffusers_folder(folder: Path, source: str | None = None) -> SDParts:
@@ -179,17 +176,7 @@ def load_diffusers_folder(folder: Path, source: str | None = None) -> SDParts:
         text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{folder}: could not load the diffusers model ({str(exc).splitlines()[0]})") from None
-    native, step = _layout_defaults(folder, unet, vae)
-    return SDParts(
-        tokenizer=_tokenizer_for(folder),
-        text_encoder=text_encoder,
-        unet=unet,
-        vae=vae,
-        scheduler_config=_scheduler_config(folder),
-        source=source or str(folder),
-        native_size=native,
-        bucket_step=step,
-    )
+    return _assemble(folder, _tokenizer_for(folder), text_encoder, unet, vae, source or str(folder))
 
 
 def _single_file_config_dir(config_folder: Path, tmp: Path) -> Path:
@@ -225,17 +212,7 @@ def load_single_file(path: Path, config_folder: Path | None = None) -> SDParts:
                 f"{path}: could not load as an SD 1.x checkpoint ({first}); "
                 "use an SD 1.x .safetensors/.ckpt file or a diffusers folder"
             ) from None
-    native, step = _layout_defaults(config_folder, pipe.unet, pipe.vae)
-    return SDParts(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        unet=pipe.unet,
-        vae=pipe.vae,
-        scheduler_config=_scheduler_config(config_folder),
-        source=str(path),
-        native_size=native,
-        bucket_step=step,
-    )
+    return _assemble(config_folder, pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, str(path))
 
 
 def load_vae(path: str) -> Any:

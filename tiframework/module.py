@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tiframework.config import ExperimentConfig
+from tiframework.diagnostics import vector_norms
 from tiframework.models import SDParts
 from tiframework.schedules import cosine_restarts_rate, parse_schedule, rate_at
 from tiframework.text import encode_prompts
@@ -102,4 +103,4 @@ class TextualInversionModule(pl.LightningModule):
     # --- what is saved --------------------------------------------------------------------
 
     def vector_norms(self) -> list[float]:
-        return self.vectors.detach().float().norm(dim=1).tolist()
+        return vector_norms(self.vectors)

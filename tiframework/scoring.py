@@ -43,14 +43,13 @@ class Evaluator:
 
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, reference: str | None = None,
                  extra: list[ExtraScore] | None = None):
-        from tiframework.evaluation import read_reference_images, validate_eval_config
+        from tiframework.evaluation import validate_eval_config
         from tiframework.preview import make_pipeline
 
         self.cfg, self.parts = cfg, parts
         self.eval_cfg = _resolved_eval(cfg, reference)
         # Validation runs before any training time is spent: prompts, model, weights, reference.
-        self.scorer = validate_eval_config(self.eval_cfg)
-        self.reference_images = read_reference_images(self.eval_cfg.reference)
+        self.scorer, self.reference_images = validate_eval_config(self.eval_cfg)
         self.reference_features = self.scorer.image_features(self.reference_images)
         self.pipe = make_pipeline(parts, cfg.preview.sampler)
         self.extra = extra or []
@@ -65,7 +64,7 @@ class Evaluator:
         return dict(zip(prompts, images, strict=True))
 
     def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
-        from tiframework.diagnostics import fried_score
+        from tiframework.diagnostics import fried_score, vector_norms
         from tiframework.evaluation import score_checkpoint
 
         vectors = vectors.detach().to(self.parts.unet.device)
@@ -75,7 +74,8 @@ class Evaluator:
         row.update(score_checkpoint(self.scorer, self.reference_features, generated, flex))
         pooled = [img for imgs in generated.values() for img in imgs]
         row["eval/fried"] = fried_score(pooled, self.reference_images)
-        row["eval/vector_norm"] = float(vectors.float().norm(dim=1).mean())
+        norms = vector_norms(vectors)
+        row["eval/vector_norm"] = sum(norms) / len(norms)
         for extra in self.extra:
             row.update(extra(generated))
         return row
@@ -145,8 +145,9 @@ class EvalCallback(StepCallback):
 
     def on_step(self, trainer, module, step) -> None:
         max_norm = module.cfg.eval.max_vector_norm
-        if max_norm is not None and max(module.vector_norms()) > max_norm:
-            self.stop_reason = f"vector norm {max(module.vector_norms()):.2f} exceeded eval.max_vector_norm at step {step}"
+        norm = max(module.vector_norms()) if max_norm is not None else None
+        if norm is not None and norm > max_norm:
+            self.stop_reason = f"vector norm {norm:.2f} exceeded eval.max_vector_norm at step {step}"
             self.warn(self.stop_reason)
             trainer.should_stop = True
         every = module.cfg.eval.every

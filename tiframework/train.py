@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 def resolve_data_path(spec: str, what: str) -> Path:
     """A folder path, or `toyworld:<character>...`, a generated toy-world dataset."""
-    if spec.startswith("toyworld:"):
-        from tiframework.toyworld import resolve_dataset_path
+    from tiframework.toyworld import is_spec, resolve_dataset_path
 
+    if is_spec(spec):
         return resolve_dataset_path(spec)
     path = Path(spec).expanduser()
     if not path.is_dir():
@@ -109,9 +109,10 @@ def make_evaluator(cfg: ExperimentConfig, parts: SDParts, reference: str | None 
     (or else the data) is a toy character: a pruned variant of a toy dataset is a plain
     folder, but its `eval.reference: toyworld:<character>:reference` still names her."""
     from tiframework.scoring import Evaluator
+    from tiframework.toyworld import is_spec
 
     extra = []
-    spec = next((s for s in (reference or cfg.eval.reference, cfg.data.path) if (s or "").startswith("toyworld:")), None)
+    spec = next((s for s in (reference or cfg.eval.reference, cfg.data.path) if s and is_spec(s)), None)
     if spec:
         from tiframework.scoring import toyworld_attribute_scorer
 

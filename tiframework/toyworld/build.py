@@ -78,18 +78,19 @@ def _save_sd(folder: Path, vae, text_encoder, unet) -> None:
     (folder / "tiframework.json").write_text(json.dumps({"native_size": NATIVE_SIZE, "bucket_step": BUCKET_STEP}))
 
 
-def _side_models(vae, total: float, seed: int, report: BuildReport, out: dict) -> None:
-    """The classifier and CLIP: they need only the VAE."""
+def _side_models(vae, total: float, seed: int, report: BuildReport):
+    """The classifier (with its held-out accuracy) and CLIP: they need only the VAE."""
     from tiframework.toyworld.classifier import heldout_accuracy, train_classifier
     from tiframework.toyworld.clip import train_clip
 
     t0 = time.monotonic()
-    out["classifier"], losses = train_classifier(total * SHARES["classifier"], seed, vae=vae)
-    out["accuracy"] = heldout_accuracy(out["classifier"], seed + 1, vae=vae)
-    report.record("classifier", time.monotonic() - t0, losses, heldout_accuracy_vae_roundtrip=out["accuracy"])
+    classifier, losses = train_classifier(total * SHARES["classifier"], seed, vae=vae)
+    accuracy = heldout_accuracy(classifier, seed + 1, vae=vae)
+    report.record("classifier", time.monotonic() - t0, losses, heldout_accuracy_vae_roundtrip=accuracy)
     t0 = time.monotonic()
-    out["clip"], losses = train_clip(total * SHARES["clip"], seed)
+    clip, losses = train_clip(total * SHARES["clip"], seed)
     report.record("clip", time.monotonic() - t0, losses)
+    return classifier, accuracy, clip
 
 
 def build(out: Path = WEIGHTS_DIR, budget_minutes: float = 50.0, seed: int = 0, threads: int = 0) -> BuildReport:
@@ -115,13 +116,12 @@ def build(out: Path = WEIGHTS_DIR, budget_minutes: float = 50.0, seed: int = 0, 
     t0 = time.monotonic()
     unet, text_encoder, losses = train_diffusion(vae, total * SHARES["diffusion"], seed)
     report.record("diffusion", time.monotonic() - t0, losses)
-    side: dict = {}
-    _side_models(vae, total, seed, report, side)
+    classifier, accuracy, clip = _side_models(vae, total, seed, report)
     report.phases["total_seconds"] = {"seconds": round(time.monotonic() - start, 1)}
     with atomic_dir(out) as tmp:
         _save_sd(tmp, vae, text_encoder, unet)
-        save_classifier(side["classifier"], tmp / "classifier", {"heldout_accuracy": side["accuracy"]})
-        save_clip(side["clip"], tmp / "clip")
+        save_classifier(classifier, tmp / "classifier", {"heldout_accuracy": accuracy})
+        save_clip(clip, tmp / "clip")
         (tmp / "build_report.json").write_text(json.dumps(asdict(report), indent=1))
         (tmp / "CARD.md").write_text(card(asdict(report), tmp / "classifier"))
     return report

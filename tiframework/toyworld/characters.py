@@ -45,6 +45,11 @@ class Character:
                 f"{a.outfit_color} {a.outfit_type}"]
         return tags + [acc for acc in ACCESSORIES if acc in a.accessories]
 
+    def trait_groups(self) -> list[str]:
+        """The groups that make her *her*: every group but absent accessories ("no hat"
+        is true of most images anyway)."""
+        return [g for g, want in self.expected().items() if want != "no"]
+
     def expected(self) -> dict[str, str]:
         """Per-group labels of this character seen from the front (for accuracy)."""
         labels = self.base.visible()

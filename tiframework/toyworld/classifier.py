@@ -136,14 +136,15 @@ def attribute_accuracy(images: Sequence[Image.Image], character: str,
     Eye colour, glasses and emblem are only scored on images not predicted `from behind`
     (they cannot show there); the other groups on every image.
     """
-    expected = get_character(character).expected()
+    char = get_character(character)
+    expected = char.expected()
     preds = (classifier or default_classifier()).predict(images)
     hidden_from_behind = {"eye_color", "glasses", "emblem"}
     scores: dict[str, float] = {}
     for group, want in expected.items():
         pool = [p for p in preds if not (group in hidden_from_behind and p["view"] == "from behind")]
         scores[group] = sum(p[group] == want for p in pool) / len(pool) if pool else 0.0
-    traits = [g for g, want in expected.items() if want != "no"]  # what makes her *her*
+    traits = char.trait_groups()
     scores["mean"] = sum(scores[g] for g in expected) / len(expected)
     scores["traits"] = sum(scores[g] for g in traits) / len(traits)
     return scores
