@@ -107,18 +107,14 @@ def _is_vocab_word(name: str, tokenizer: Any) -> bool:
     return token.endswith("</w>") and token[: -len("</w>")] == name.lower()
 
 
-def _caption_tags(dataset_dir: Path) -> list[tuple[Path, list[str]]]:
-    """(image, tags) for each captioned image, read as the training data reads them."""
-    from tiframework.images import list_images, read_caption, split_tags
-
-    return [(img, split_tags(cap)) for img in list_images(dataset_dir) if (cap := read_caption(img))]
-
-
 def _tag_in_captions(name: str, dataset_dir: Path) -> str | None:
     if not dataset_dir.is_dir():
         raise UserError(f"{dataset_dir}: dataset folder not found")
+    from tiframework.tags import read_captions
+
     wanted = name.lower()
-    hits = [path.name for path, tags in _caption_tags(dataset_dir) if any(t.lower() == wanted for t in tags)]
+    hits = [path.name for path, tags in zip(*read_captions(dataset_dir), strict=True)
+            if tags and any(t.lower() == wanted for t in tags)]
     if not hits:
         return None
     more = f" and {len(hits) - 3} more" if len(hits) > 3 else ""

@@ -91,7 +91,7 @@ class SweepConfig(Section):
     experiment: str = Field(description="base experiment YAML, relative to the sweep file")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys applied to the experiment")
     space: dict[str, Param] = Field(description="dotted config key -> categorical / int / float distribution")
-    objective: Literal["best_fidelity", "plateau_fidelity", "fidelity_flexibility"] = Field(
+    objective: Literal[tuple(OBJECTIVES)] = Field(
         "best_fidelity",
         description="best CLIP fidelity; fidelity at the plateau step (last eval if none); "
         "or (best fidelity, flexibility at that checkpoint) for a Pareto front",

@@ -186,10 +186,11 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         if cfg.logging.progress_bar:
             callbacks.append(progress)
 
+        precision = _precision(cfg, accelerator)
         # Lightning's own INFO lines (GPU/TPU availability, an ad for its cloud logger) say less than ours.
         logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
         trainer = pl.Trainer(
-            accelerator=accelerator, devices=1, precision=_precision(cfg, accelerator),
+            accelerator=accelerator, devices=1, precision=precision,
             max_steps=remaining, max_epochs=1, accumulate_grad_batches=t.accumulate,
             gradient_clip_val=None if t.grad_clip == "none" else t.grad_clip_value,
             gradient_clip_algorithm=None if t.grad_clip == "none" else t.grad_clip,
@@ -198,7 +199,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
         )
         torch.manual_seed(t.seed)
-        log.info("training %s on %s (%s), %d steps", cfg.embedding.name, accelerator, _precision(cfg, accelerator),
+        log.info("training %s on %s (%s), %d steps", cfg.embedding.name, accelerator, precision,
                  remaining)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -219,7 +220,6 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         summary.update(tracker.summary())
         if module.nonfinite_step is not None:
             summary["stopped"] = f"non-finite loss at step {module.nonfinite_step}"
-        if module.nonfinite_step is not None:
             log.error("training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                       module.nonfinite_step, final)
         tracker.finish_ok(final)

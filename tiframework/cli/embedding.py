@@ -13,6 +13,7 @@ from pathlib import Path
 from tiframework.config import EmbeddingConfig
 from tiframework.errors import UserError
 
+# embeddings.FORMATS, spelled out: importing tiframework.embeddings (torch) would slow every --help.
 FORMAT_CHOICES = ("a1111-pt", "a1111-safetensors", "diffusers")
 FORMAT_HELP = ("file format: a1111-pt (.pt), a1111-safetensors (.safetensors, 'emb_params'), or diffusers "
                "({token: vectors}, .safetensors or .bin); default: from OUT's extension "

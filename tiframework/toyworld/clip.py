@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from tiframework.toyworld.batches import Budget, noisy_caption, world_batch
 
-CONFIG_PATH = Path(__file__).parents[1] / "clip_configs" / "tif-toy-clip.json"
 MODEL_NAME = "tif-toy-clip"
+CONFIG_PATH = Path(__file__).parents[1] / "clip_configs" / f"{MODEL_NAME}.json"  # registered by clipscore
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -25,7 +25,9 @@ OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 def new_clip():
     import open_clip
 
-    open_clip.add_model_config(CONFIG_PATH)
+    from tiframework.clipscore import register_clip_configs
+
+    register_clip_configs()
     return open_clip.create_model(MODEL_NAME), open_clip.get_tokenizer(MODEL_NAME)
 
 
