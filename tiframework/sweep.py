@@ -114,6 +114,7 @@ class SweepConfig(Section):
     max_retry: int = Field(2, ge=0, description="times a dead worker's trial is re-run")
 
     _path: Path | None = PrivateAttr(None)
+    _base: ExperimentConfig | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
@@ -137,6 +138,13 @@ class SweepConfig(Section):
         if self._path is None:
             raise ValueError("this SweepConfig was not loaded from a file")
         return self._path
+
+    @property
+    def base(self) -> ExperimentConfig:
+        """The checked experiment every trial starts from (see `base_config`), set by `load_sweep`."""
+        if self._base is None:
+            raise ValueError("this SweepConfig was not loaded with load_sweep")
+        return self._base
 
     @property
     def directions(self) -> list[str]:
@@ -225,7 +233,8 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
             parts.append(f"{'.'.join(loc) or '<root>'}: {msg}")
         raise UserError(f"{path}: " + "; ".join(parts)) from None
     sweep._path = path.resolve()
-    base_config(sweep, cli_overrides)  # checks the space against the real experiment now, not at trial 1
+    # Checks the space against the real experiment now, not at trial 1; kept for the workers.
+    sweep._base = base_config(sweep, cli_overrides)
     return sweep
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from tiframework.errors import UserError
-from tiframework.sweep import base_config, check_study_name, load_sweep, sweep_dir
+from tiframework.sweep import check_study_name, load_sweep, sweep_dir
 from tiframework.sweeps import storage as st
 from tiframework.sweeps.worker import SweepProgress, WorkerSpec, counted, run_worker
 
@@ -92,7 +92,7 @@ def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = No
     """Check the sweep, open the storage and create (or reuse) the study: all before any worker starts."""
     overrides = list(overrides or [])
     sweep = load_sweep(sweep_path, overrides)
-    base = base_config(sweep, overrides)
+    base = sweep.base
     name = check_study_name(study_name or sweep.default_study_name())
     total = sweep.total_trials(n_trials)
     folder = sweep_dir(base, name)

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
 from tiframework.errors import UserError
 from tiframework.evaluation import FIDELITY, FLEXIBILITY
-from tiframework.sweep import CategoricalParam, IntParam, SweepConfig, base_config, load_sweep, sweep_dir
+from tiframework.sweep import CategoricalParam, IntParam, SweepConfig, load_sweep, sweep_dir
 from tiframework.sweep import trial_overrides as make_trial_overrides
 from tiframework.sweeps import storage as st
 
@@ -308,7 +308,7 @@ def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n
 def run_worker(spec: WorkerSpec, pruner: optuna.pruners.BasePruner | None = None) -> dict[str, Any]:
     """Join the (already created) study and run trials until it has `spec.n_trials`."""
     sweep = load_sweep(spec.sweep_path, list(spec.overrides))
-    base = base_config(sweep, list(spec.overrides))
+    base = sweep.base
     folder = sweep_dir(base, spec.study_name)
     loc = st.locate(spec.storage, folder)
     study = optuna.load_study(study_name=spec.study_name, storage=st.open_storage(loc, sweep),
