@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -130,13 +131,24 @@ def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[torch.dtype, str]] = weakref.WeakKeyDictionary()
+
+
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """A content hash of a module's weights (the latent cache is keyed by the VAE)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A content hash of a module's weights (the latent cache is keyed by the VAE).
+
+    Remembered per frozen module and dtype: a sweep worker's trials share one VAE, and
+    hashing SD's 84M VAE weights (copied off the GPU) on every trial is wasted time.
+    """
+    dtype = next(module.parameters()).dtype
+    known = _FINGERPRINTS.setdefault(module, {})
+    if dtype not in known:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        known[dtype] = digest.hexdigest()[:16]
+    return known[dtype]
 
 
 # --- dataset ------------------------------------------------------------------------------
