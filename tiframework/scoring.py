@@ -81,6 +81,13 @@ class Evaluator:
         return row
 
 
+def append_row(rows: list[dict[str, float]], row: dict[str, float]) -> None:
+    """Add an eval row, with the best fidelity so far as `eval/clip_fidelity_best`."""
+    if FIDELITY in row:
+        row[f"{FIDELITY}_best"] = max(r.get(FIDELITY, -math.inf) for r in [*rows, row])
+    rows.append(row)
+
+
 def write_eval_csv(path: Path, rows: list[dict[str, float]]) -> None:
     """The whole table, atomically (rows may gain columns as scores appear)."""
     fields = list(dict.fromkeys(k for row in rows for k in row))
@@ -118,10 +125,7 @@ class EvalCallback(StepCallback):
 
         cfg = module.cfg.eval
         row = self.evaluator.score(module.vectors, step)
-        if FIDELITY in row:
-            best = max(r.get(FIDELITY, -math.inf) for r in [*self.rows, row])
-            row[f"{FIDELITY}_best"] = best
-        self.rows.append(row)
+        append_row(self.rows, row)
         write_eval_csv(self.run_dir / "eval.csv", self.rows)
         self.log_row(row)
         if self.progress is not None:
@@ -198,8 +202,7 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     rows = []
     for step, source in tqdm(found, desc="scoring checkpoints", unit="ckpt", disable=not progress):
         vectors = source if isinstance(source, torch.Tensor) else load_embedding(source, parts.width).vectors
-        rows.append(evaluator.score(vectors, step))
-        rows[-1][f"{FIDELITY}_best"] = max(r.get(FIDELITY, -math.inf) for r in rows)
+        append_row(rows, evaluator.score(vectors, step))
     write_eval_csv(run_dir / "eval.csv", rows)
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {"run_dir": str(run_dir)}
