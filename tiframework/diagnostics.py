@@ -102,8 +102,18 @@ def fried_score(images: Sequence[Image.Image], reference_images: Sequence[Image.
     1 for the guide's over-saturated, noisy "fried"/"watercolour" previews. Relative to the
     references because flat-coloured anime art and painterly art differ a lot in both.
     """
+    return fried_ratio(images, reference_stats(reference_images))
+
+
+def reference_stats(reference_images: Sequence[Image.Image]) -> tuple[float, float]:
+    """The reference art's (saturation, high-frequency energy): compute once per run."""
+    return _mean_stats(reference_images, "reference")
+
+
+def fried_ratio(images: Sequence[Image.Image], reference: tuple[float, float]) -> float:
+    """`fried_score` against precomputed `reference_stats`."""
     gen_sat, gen_hf = _mean_stats(images, "generated")
-    ref_sat, ref_hf = _mean_stats(reference_images, "reference")
+    ref_sat, ref_hf = reference
     sat_ratio = max(gen_sat, _SAT_FLOOR) / max(ref_sat, _SAT_FLOOR)
     hf_ratio = max(gen_hf, _HF_FLOOR) / max(ref_hf, _HF_FLOOR)
     return math.sqrt(sat_ratio * hf_ratio)

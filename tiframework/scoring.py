@@ -43,14 +43,16 @@ class Evaluator:
 
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, reference: str | None = None,
                  extra: list[ExtraScore] | None = None):
+        from tiframework.diagnostics import reference_stats
         from tiframework.evaluation import validate_eval_config
         from tiframework.preview import make_pipeline
 
         self.cfg, self.parts = cfg, parts
         self.eval_cfg = _resolved_eval(cfg, reference)
         # Validation runs before any training time is spent: prompts, model, weights, reference.
-        self.scorer, self.reference_images = validate_eval_config(self.eval_cfg)
-        self.reference_features = self.scorer.image_features(self.reference_images)
+        self.scorer, reference_images = validate_eval_config(self.eval_cfg)
+        self.reference_stats = reference_stats(reference_images)
+        self.reference_features = self.scorer.image_features(reference_images)
         self.pipe = make_pipeline(parts, cfg.preview.sampler)
         self.extra = extra or []
 
@@ -64,7 +66,7 @@ class Evaluator:
         return dict(zip(prompts, images, strict=True))
 
     def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
-        from tiframework.diagnostics import fried_score, vector_norms
+        from tiframework.diagnostics import fried_ratio, vector_norms
         from tiframework.evaluation import score_checkpoint
 
         vectors = vectors.detach().to(self.parts.unet.device)
@@ -73,7 +75,7 @@ class Evaluator:
         row: dict[str, float] = {"step": step}
         row.update(score_checkpoint(self.scorer, self.reference_features, generated, flex))
         pooled = [img for imgs in generated.values() for img in imgs]
-        row["eval/fried"] = fried_score(pooled, self.reference_images)
+        row["eval/fried"] = fried_ratio(pooled, self.reference_stats)
         norms = vector_norms(vectors)
         row["eval/vector_norm"] = sum(norms) / len(norms)
         for extra in self.extra:
