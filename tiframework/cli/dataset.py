@@ -24,6 +24,8 @@ def _tag_list(values: list[str] | None) -> list[str]:
 
 
 def _register_tag(subparsers: argparse._SubParsersAction) -> None:
+    from tiframework.tagging import TagOptions
+
     p = subparsers.add_parser(
         "tag",
         help="caption images with a local WD1.4 tagger (ONNX)",
@@ -34,10 +36,10 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="PATH", help="the tagger's model.onnx "
                    "(e.g. from SmilingWolf/wd-v1-4-convnext-tagger-v2)")
     p.add_argument("--tags", required=True, metavar="PATH", help="the selected_tags.csv from the same model repo")
-    p.add_argument("--general-threshold", type=float, default=0.35, metavar="P",
-                   help="minimum confidence for general tags (default: 0.35)")
-    p.add_argument("--character-threshold", type=float, default=0.85, metavar="P",
-                   help="minimum confidence for character tags (default: 0.85)")
+    p.add_argument("--general-threshold", type=float, default=TagOptions.general_threshold, metavar="P",
+                   help=f"minimum confidence for general tags (default: {TagOptions.general_threshold})")
+    p.add_argument("--character-threshold", type=float, default=TagOptions.character_threshold, metavar="P",
+                   help=f"minimum confidence for character tags (default: {TagOptions.character_threshold})")
     p.add_argument("--add-rating", action="store_true",
                    help="start each caption with the top rating tag (general, sensitive, ...)")
     p.add_argument("--keep-underscores", action="store_true",
@@ -87,6 +89,8 @@ def _run_tag(args: argparse.Namespace) -> int:
 
 
 def _register_tags(subparsers: argparse._SubParsersAction) -> None:
+    from tiframework.tags import TRAIT_SHARE
+
     p = subparsers.add_parser("tags", help="tag statistics and pruned dataset variants",
                               description="Inspect caption tags and write pruned dataset variants.")
     sub = p.add_subparsers(dest="tags_command", metavar="ACTION")
@@ -96,8 +100,8 @@ def _register_tags(subparsers: argparse._SubParsersAction) -> None:
                            description="Count tags over DIR's captions; tags in most images are likely "
                            "character traits to prune.")
     stats.add_argument("dir", metavar="DIR", help="folder of images with .txt captions")
-    stats.add_argument("--threshold", type=float, default=0.6, metavar="SHARE",
-                       help="flag tags in at least this share of images as traits (default: 0.6)")
+    stats.add_argument("--threshold", type=float, default=TRAIT_SHARE, metavar="SHARE",
+                       help=f"flag tags in at least this share of images as traits (default: {TRAIT_SHARE:g})")
     stats.add_argument("--top", type=int, default=None, metavar="N", help="show only the N most common tags")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=_run_stats)
