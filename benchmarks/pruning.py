@@ -5,7 +5,7 @@ the captions and `[name]` alone draws them more often than after training on unp
     python benchmarks/pruning.py --character sora --seeds 0 1 2 3 4 --steps 200
 
 For each seed and each arm (pruned / unpruned captions) this trains an embedding with the
-quickstart experiment through `tiframework.train.train` (the pruned arm trains on the dataset
+quickstart experiment through `tiframework.training.train.train` (the pruned arm trains on the dataset
 variant `toyworld:<character>?pruned=1`, written by `tiframework tags prune`'s own code), then
 samples `[name]` alone with fixed seeds and asks the toy world's attribute classifier which of
 the character's traits each image shows. It prints, per trait, the rate in each arm (mean over
@@ -37,7 +37,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 def trait_rates(parts, character: str, name: str, vectors, n_samples: int, steps: int, guidance: float) -> dict:
     """Share of `[name]` images showing each of the character's attributes."""
-    from tiframework.preview import generate
+    from tiframework.sd.generate import generate
     from tiframework.toyworld.classifier import attribute_accuracy
 
     images = generate(parts, ["[name]"], list(range(1000, 1000 + n_samples)), name=name, vectors=vectors,
@@ -58,16 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from tiframework.config import load_config
-    from tiframework.embeddings import load_embedding
+    from tiframework.data.sources import toyworld_dataset
     from tiframework.fileio import atomic_write_text
-    from tiframework.models import load_model
-    from tiframework.toyworld.characters import get_character, resolve_dataset_path
-    from tiframework.train import starting_point, train
+    from tiframework.sd.embeddings import create, load_embedding
+    from tiframework.sd.models import load_model
+    from tiframework.toyworld.characters import get_character
+    from tiframework.training.train import train
 
     character = get_character(args.character)
     args.out.mkdir(parents=True, exist_ok=True)
-    source = resolve_dataset_path(f"toyworld:{character.name}")
-    datasets = {"unpruned": source, "pruned": resolve_dataset_path(f"toyworld:{character.name}?pruned=1")}
+    source = toyworld_dataset(f"toyworld:{character.name}")
+    datasets = {"unpruned": source, "pruned": toyworld_dataset(f"toyworld:{character.name}?pruned=1")}
 
     common = [f"training.max_steps={args.steps}", "preview.every=0", "eval.every=0", "training.save_every=0",
               "logging.wandb=false", "logging.progress_bar=false", f"logging.runs_dir={args.out / 'runs'}",
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.experiment, common)
     parts = load_model(base.model)
     name = base.embedding.name
-    start = starting_point(base, parts, source)  # the init-text vectors: the step-0 floor
+    start = create(base.embedding, parts)  # the init-text vectors: the step-0 floor
     t0 = time.monotonic()
     floor = trait_rates(parts, character.name, name, start.vectors, args.samples, args.sample_steps, args.guidance)
     rows: dict[str, list[dict]] = {arm: [] for arm in datasets}

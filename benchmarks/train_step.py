@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 def setup(preset: str, size: int, vpt: int, device: str):
     from tiframework.config import ModelConfig
-    from tiframework.models import load_model
+    from tiframework.sd.models import load_model
 
     parts = load_model(ModelConfig(preset=preset))
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -43,10 +43,10 @@ def noise_step(parts, latents, cond, scheduler):
 
 
 def run_ours(parts, pixels, dtype, vpt: int, steps: int) -> None:
-    from tiframework.text import encode_prompts
+    from tiframework.sd.text import encode_prompts
 
     scheduler = parts.noise_scheduler()
-    with torch.no_grad():  # encoded once and cached, as tiframework.data does
+    with torch.no_grad():  # encoded once and cached, as tiframework.data.dataset does
         latents = parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
     vectors = torch.nn.Parameter(torch.zeros(vpt, parts.width, device=pixels.device))
     opt = torch.optim.AdamW([vectors], lr=5e-3, weight_decay=0.0)
@@ -60,7 +60,7 @@ def run_ours(parts, pixels, dtype, vpt: int, steps: int) -> None:
 
 
 def run_baseline(parts, pixels, dtype, vpt: int, steps: int) -> None:
-    from tiframework.text import tokenize
+    from tiframework.sd.text import tokenize
 
     scheduler = parts.noise_scheduler()
     table = parts.text_encoder.get_input_embeddings()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-# Test utilities (e.g. `ldm_export`) live beside the tests; make them importable.
-sys.path.insert(0, str(Path(__file__).parent))
+# Test utilities (`ldm_export`, `wandb_reader`, `runs`) live in tests/helpers; make them importable.
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def make_tiny_parts() -> Callable[..., object]:
     The same seed gives bit-identical weights, so a fresh copy equals `tiny_parts`.
     """
     from tiframework.config import ModelConfig
-    from tiframework.models import load_model
+    from tiframework.sd.models import load_model
 
     def build(seed: int = 0):
         return load_model(ModelConfig(preset="tiny", seed=seed))

@@ -44,9 +44,9 @@ def test_shipped_experiment_loads(path):
 
 def _sweep_loader():
     # The sweep module is written by another engineer; this test activates by itself
-    # once `tiframework.sweep.load_sweep(path)` exists, and skips until then.
+    # once `tiframework.sweeps.schema.load_sweep(path)` exists, and skips until then.
     try:
-        module = importlib.import_module("tiframework.sweep")
+        module = importlib.import_module("tiframework.sweeps.schema")
     except ImportError:
         return None
     return getattr(module, "load_sweep", None)
@@ -56,7 +56,7 @@ def _sweep_loader():
 def test_shipped_sweep_loads(path):
     load_sweep = _sweep_loader()
     if load_sweep is None:
-        pytest.skip("tiframework.sweep.load_sweep does not exist yet")
+        pytest.skip("tiframework.sweeps.schema.load_sweep does not exist yet")
     assert load_sweep(path) is not None
 
 

@@ -1,7 +1,7 @@
 """Typed experiment configuration.
 
 The pydantic models below are the schema: defaults, help text (shown by
-`tiframework config --help-keys`) and validation live here and nowhere else.
+`tiframework config keys`) and validation live here and nowhere else.
 YAML files may `extends:` a base file (path relative to the extending file);
 command-line overrides are dotted `key=value` pairs whose values are parsed as YAML
 (`training.max_steps=20`, `preview.seeds=[1,2]`). Unknown keys and wrong types are
@@ -76,10 +76,17 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
+# The embedding file formats (see `sd.embeddings`): A1111's pickle and safetensors, diffusers'.
+EmbeddingFormat = Literal["a1111-pt", "a1111-safetensors", "diffusers"]
+
+
 class EmbeddingConfig(Section):
-    name: str = Field("mychar", min_length=1, description="the embedding's name, used as [name] in prompts")
-    init_text: str = Field("", description="initialization text; at most `vectors_per_token` tokens")
-    vectors_per_token: int = Field(16, ge=1, le=75, description="number of vectors (VPT)")
+    name: str = Field("mychar", min_length=1, description="the embedding's name, used as [name] in prompts; "
+                      "a made-up word, not a CLIP word (miku) nor a word of the captions (1girl)")
+    init_text: str = Field("", description="initialization text, e.g. 'black hair, red eyes'; at most "
+                           "vectors_per_token tokens; empty: zero vectors")
+    # 75 = one prompt chunk: the name's vectors must fit in one.
+    vectors_per_token: int = Field(16, ge=1, le=75, description="number of vectors (VPT), 1 to 75")
 
 
 class TrainingConfig(Section):
@@ -111,21 +118,26 @@ class TrainingConfig(Section):
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-class PreviewConfig(Section):
+class GenerationConfig(Section):
+    """How images are drawn: previews and evaluation each have their own values of these."""
+
+    sampler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"] = "ddim"
+    steps: int = Field(20, ge=1, description="sampling steps")
+    guidance_scale: float = Field(7.0, ge=0, description="classifier-free guidance scale")
+    negative_prompt: str = ""
+    width: int | None = Field(None, description="default: the model's native size")
+    height: int | None = Field(None, description="default: the model's native size")
+
+
+class PreviewConfig(GenerationConfig):
     every: int = Field(250, ge=0, description="preview every N steps (0 = never)")
     prompts: list[str] = Field(
         default_factory=list, description="preview prompts; default: '[name]' and one dataset caption"
     )
-    negative_prompt: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    sampler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"] = "ddim"
-    steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.0, ge=0)
-    width: int | None = Field(None, description="default: the model's native size")
-    height: int | None = None
 
 
-class EvalConfig(Section):
+class EvalConfig(GenerationConfig):
     every: int = Field(0, ge=0, description="score fidelity/flexibility every N steps (0 = off)")
     reference: str | None = Field(None, description="folder of reference art for fidelity")
     clip_model: str = Field(
@@ -143,8 +155,6 @@ class EvalConfig(Section):
         description="prompts that change outfit/pose/background; scored against the text without [name]",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
-    steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.0, ge=0)
     verdict_after: int = Field(500, ge=0, description="warn 'not learning' if fidelity is still at baseline here")
     verdict_margin: float = Field(0.01, ge=0, description="fidelity gain over step 0 that counts as learning")
     fried_threshold: float = Field(2.0, gt=0, description="warn when previews' fried score passes this")

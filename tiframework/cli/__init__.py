@@ -2,8 +2,8 @@
 
 Each module in this package that defines `register(subparsers)` contributes its
 subcommands; `main` finds them with pkgutil, so adding a command never means editing
-a central list. Command modules import heavy libraries (torch, diffusers) inside
-their handlers so `tiframework --help` stays fast.
+a central list. Command modules import the stages that load torch / diffusers /
+open_clip inside their handlers so `tiframework --help` stays fast.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from tiframework import __version__
 from tiframework.errors import UserError
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+# Libraries whose INFO lines say less than ours (Lightning's GPU/TPU availability and its
+# cloud-logger advert, open_clip's "Loading pretrained ... weights"): warnings still show.
+QUIET_LOGGERS = ("pytorch_lightning", "lightning", "lightning_fabric", "open_clip", "httpx", "urllib3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

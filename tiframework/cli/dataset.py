@@ -6,6 +6,12 @@ import argparse
 import json
 import sys
 
+from tiframework.cli.options import add_model_options, model_from_args
+from tiframework.data.images import MAX_PIXELS, list_images, split_tags
+from tiframework.data.lint import HASH_DISTANCE, MAX_RATIO, MIN_SIDE, exit_code, format_findings, lint_dataset
+from tiframework.data.tagger import TagOptions, tag_folder
+from tiframework.data.tags import TRAIT_SHARE, make_variant, parse_replace, tag_stats
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_tag(subparsers)
@@ -15,8 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _tag_list(values: list[str] | None) -> list[str]:
     """Repeatable comma-separated options: `--remove "a, b" --remove c` -> [a, b, c]."""
-    from tiframework.images import split_tags
-
     return [t for v in values or [] for t in split_tags(v)]
 
 
@@ -24,8 +28,6 @@ def _tag_list(values: list[str] | None) -> list[str]:
 
 
 def _register_tag(subparsers: argparse._SubParsersAction) -> None:
-    from tiframework.tagging import TagOptions
-
     p = subparsers.add_parser(
         "tag",
         help="caption images with a local WD1.4 tagger (ONNX)",
@@ -36,20 +38,7 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="PATH", help="the tagger's model.onnx "
                    "(e.g. from SmilingWolf/wd-v1-4-convnext-tagger-v2)")
     p.add_argument("--tags", required=True, metavar="PATH", help="the selected_tags.csv from the same model repo")
-    p.add_argument("--general-threshold", type=float, default=TagOptions.general_threshold, metavar="P",
-                   help=f"minimum confidence for general tags (default: {TagOptions.general_threshold})")
-    p.add_argument("--character-threshold", type=float, default=TagOptions.character_threshold, metavar="P",
-                   help=f"minimum confidence for character tags (default: {TagOptions.character_threshold})")
-    p.add_argument("--add-rating", action="store_true",
-                   help="start each caption with the top rating tag (general, sensitive, ...)")
-    p.add_argument("--keep-underscores", action="store_true",
-                   help="keep danbooru underscores (long_hair); default writes spaces, except in kaomoji")
-    p.add_argument("--no-escape", action="store_true",
-                   help="do not escape ( ) and \\ with a backslash (A1111 prompts need the escapes)")
-    p.add_argument("--sort", choices=["confidence", "alpha"], default="confidence",
-                   help="tag order in a caption: most confident first (default) or alphabetical")
-    p.add_argument("--exclude", action="append", metavar="TAGS",
-                   help="comma-separated tags never to write (repeatable); spaces or underscores both match")
+    add_model_options(p, TagOptions)
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default: 8)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing captions, backing each up to <stem>.txt.bak (.bak.1, ...) first")
@@ -59,17 +48,7 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_tag(args: argparse.Namespace) -> int:
-    from tiframework.tagging import TagOptions, tag_folder
-
-    options = TagOptions(
-        general_threshold=args.general_threshold,
-        character_threshold=args.character_threshold,
-        add_rating=args.add_rating,
-        keep_underscores=args.keep_underscores,
-        escape=not args.no_escape,
-        sort=args.sort,
-        exclude=tuple(_tag_list(args.exclude)),
-    )
+    options = model_from_args(TagOptions, args)
     report = tag_folder(args.dir, args.model, args.tags, options, args.batch_size, args.overwrite, args.device)
     print(f"tagged {len(report.written)} image(s) on {report.provider}")
     if report.kept:
@@ -89,8 +68,6 @@ def _run_tag(args: argparse.Namespace) -> int:
 
 
 def _register_tags(subparsers: argparse._SubParsersAction) -> None:
-    from tiframework.tags import TRAIT_SHARE
-
     p = subparsers.add_parser("tags", help="tag statistics and pruned dataset variants",
                               description="Inspect caption tags and write pruned dataset variants.")
     sub = p.add_subparsers(dest="tags_command", metavar="ACTION")
@@ -123,8 +100,6 @@ def _register_tags(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from tiframework.images import list_images
-    from tiframework.tags import tag_stats
 
     stats = tag_stats(args.dir, args.threshold)
     n_images = len(list_images(args.dir))
@@ -145,8 +120,6 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from tiframework.tags import make_variant, parse_replace
-
     replace: dict[str, str] = {}
     for value in args.replace or []:
         replace.update(parse_replace(value))
@@ -168,8 +141,6 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 
 def _register_lint(subparsers: argparse._SubParsersAction) -> None:
-    from tiframework.images import MAX_PIXELS
-    from tiframework.lint import HASH_DISTANCE, MAX_RATIO, MIN_SIDE
 
     p = subparsers.add_parser(
         "lint",
@@ -193,8 +164,6 @@ def _register_lint(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_lint(args: argparse.Namespace) -> int:
-    from tiframework.images import list_images
-    from tiframework.lint import exit_code, format_findings, lint_dataset
 
     findings = lint_dataset(args.dir, args.name, args.min_side, args.max_ratio,
                             int(args.max_megapixels * 1_000_000), args.hash_distance)

@@ -1,7 +1,7 @@
 """`tiframework embedding create|inspect|convert`: make, look into and convert embedding files.
 
 torch, diffusers and the embeddings module are imported inside the handlers so that
-`tiframework --help` does not pay for them.
+`tiframework --help` does not pay for them; the options come from the typed config.
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
-from tiframework.config import EmbeddingConfig
+from tiframework.cli.options import add_model_options, model_from_args
+from tiframework.config import EmbeddingConfig, EmbeddingFormat, ModelConfig
+from tiframework.data.images import captions_by_image
 from tiframework.errors import UserError
 
-# embeddings.FORMATS, spelled out: importing tiframework.embeddings (torch) would slow every --help.
-FORMAT_CHOICES = ("a1111-pt", "a1111-safetensors", "diffusers")
+FORMAT_CHOICES = get_args(EmbeddingFormat)
+EMBEDDING_FLAGS = {"vectors_per_token": "--vpt"}
 FORMAT_HELP = ("file format: a1111-pt (.pt), a1111-safetensors (.safetensors, 'emb_params'), or diffusers "
                "({token: vectors}, .safetensors or .bin); default: from OUT's extension "
                "(.pt -> a1111-pt, .safetensors -> a1111-safetensors, .bin -> diffusers)")
@@ -57,14 +60,7 @@ def _register_create(sub: argparse._SubParsersAction) -> None:
                         help="built-in model preset: tiny, sd15-random or toyworld")
     source.add_argument("--model-path", metavar="PATH",
                         help="a diffusers folder or an SD 1.x checkpoint file (.safetensors or .ckpt)")
-    create.add_argument("--name", required=True,
-                        help="the embedding's name as written in prompts; not a CLIP word and not a dataset tag")
-    create.add_argument("--init-text", default="",
-                        help="initialization text, e.g. 'black hair, red eyes' (at most --vpt tokens); "
-                             "empty: zero vectors")
-    default_vpt = EmbeddingConfig.model_fields["vectors_per_token"].default
-    create.add_argument("--vpt", type=int, default=default_vpt, metavar="N",
-                        help=f"vectors per token, 1-75 (default: {default_vpt}, as embedding.vectors_per_token)")
+    add_model_options(create, EmbeddingConfig, flags=EMBEDDING_FLAGS, required=("name",))
     create.add_argument("--out", required=True, metavar="FILE", help="file to write (.pt, .safetensors or .bin)")
     create.add_argument("--dataset", metavar="DIR",
                         help="training images with .txt captions; the name must not be one of their tags")
@@ -80,16 +76,21 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from tiframework.config import ModelConfig
-    from tiframework.embeddings import create, resolve_format, save_embedding
-    from tiframework.models import load_model
+    # torch and friends: imported when the command runs, so --help stays fast
+    from tiframework.sd.embeddings import (
+        create,
+        resolve_format,
+        save_embedding,
+    )
+    from tiframework.sd.models import load_model
 
     out = Path(args.out)
+    spec = model_from_args(EmbeddingConfig, args, flags=EMBEDDING_FLAGS)
     fmt = resolve_format(out, args.format)  # fail on a bad name before loading a model
     _refuse_overwrite(out, args.overwrite)
-    cfg = ModelConfig(path=args.model_path) if args.model_path else ModelConfig(preset=args.model)
-    parts = load_model(cfg)
-    emb = create(args.name, args.init_text, args.vpt, parts, dataset_dir=args.dataset)
+    captions = captions_by_image(args.dataset) if args.dataset else None
+    parts = load_model(ModelConfig(path=args.model_path) if args.model_path else ModelConfig(preset=args.model))
+    emb = create(spec, parts, captions)
     save_embedding(emb, out, fmt)
     print(f"wrote {out} ({fmt}): {emb.name!r}, {emb.n_vectors} vector(s) of width {emb.width}")
     return 0
@@ -114,7 +115,8 @@ def format_text(info: dict) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tiframework.embeddings import describe, load_embedding
+    # torch and friends: imported when the command runs, so --help stays fast
+    from tiframework.sd.embeddings import describe, load_embedding
 
     info = describe(load_embedding(args.file), args.file)
     print(json.dumps(info, indent=2) if args.json else format_text(info))
@@ -122,8 +124,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from tiframework.embeddings import check_name, load_embedding, resolve_format, save_embedding
-    from tiframework.tokenizer import clip_tokenizer
+    # torch and friends: imported when the command runs, so --help stays fast
+    from tiframework.sd.embeddings import check_name, load_embedding, resolve_format, save_embedding
+    from tiframework.sd.tokenizer import clip_tokenizer
 
     out = Path(args.output)
     fmt = resolve_format(out, args.format)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tiframework.scoring import evaluate_run
+    # torch and friends: imported when the command runs, so --help stays fast
+    from tiframework.evaluation.rescore import evaluate_run
 
     overrides = list(args.overrides)
     if args.clip_model:

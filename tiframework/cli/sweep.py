@@ -7,6 +7,7 @@ import json
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    # torch and friends: imported when the command runs, so --help stays fast
     from tiframework.sweeps.launch import run_sweep
 
     summary = run_sweep(args.sweep, args.overrides, storage=args.storage, n_trials=args.n_trials,
@@ -18,7 +19,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tiframework.sweeps.report import write_report
+    # optuna, matplotlib: imported when the command runs, so --help stays fast
+    from tiframework.reports.sweep_report import write_report
 
     out = write_report(args.study, study_name=args.study_name, out_dir=args.out)
     print(f"report written to {out}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tiframework.toyworld.characters import CHARACTERS, DEFAULT_N, materialize
+from tiframework.toyworld.world import GROUPS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("toyworld", help="the procedural toy world: build models, list characters, "
@@ -31,6 +34,7 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    # torch and friends: imported when the command runs, so --help stays fast
     from tiframework.toyworld.build import WEIGHTS_DIR, build, folder_size_mb
 
     out = args.out or WEIGHTS_DIR
@@ -40,9 +44,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _characters(args: argparse.Namespace) -> int:
-    from tiframework.toyworld.characters import CHARACTERS
-    from tiframework.toyworld.world import GROUPS
-
     for c in CHARACTERS.values():
         note = "held out of base training" if c.held_out else "seen in base training"
         emblem = ", untagged star emblem" if c.base.emblem else ""
@@ -54,8 +55,6 @@ def _characters(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from tiframework.toyworld.characters import DEFAULT_N, materialize
-
     n = args.n or DEFAULT_N[args.split]
     print(materialize(args.character, n, args.seed, args.out, args.split))
     return 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from tiframework.config import describe_keys, load_config, to_yaml
+
 OVERRIDE_HELP = ("dotted key=value overrides, e.g. training.max_steps=20 embedding.vectors_per_token=2 "
                  "resume=runs/x/y/embeddings/mychar-500.pt (see `tiframework config keys`)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tiframework.config import load_config
-    from tiframework.train import train
+    # torch and friends: imported when the command runs, so --help stays fast
+    from tiframework.training.train import train
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
@@ -21,15 +23,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from tiframework.config import load_config, to_yaml
-
     print(to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from tiframework.config import describe_keys
-
     for key, default, text in describe_keys():
         print(f"{key:34} {default:28} {text}")
     return 0

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 
 from tiframework.errors import UserError
-from tiframework.sweep import check_study_name, load_sweep, sweep_dir
 from tiframework.sweeps import storage as st
+from tiframework.sweeps.schema import check_study_name, load_sweep, sweep_dir
 from tiframework.sweeps.worker import SweepProgress, WorkerSpec, counted, run_worker
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
@@ -34,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
-from tiframework.sweep import OBJECTIVES, SweepConfig
+from tiframework.sweeps.schema import OBJECTIVES, SweepConfig
 
 HEARTBEAT_ATTR = "tif_heartbeat"
 SIGNATURE_ATTR = "tif_sweep"
@@ -252,8 +253,6 @@ class PostgresGate(TrialGate):
     """A PostgreSQL advisory lock keyed by the study name: every machine sharing the study."""
 
     def __init__(self, url: str, study: str) -> None:
-        import sqlalchemy
-
         self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                                 connect_args={"connect_timeout": 10})
         # pg advisory keys are signed 64-bit integers.
@@ -262,16 +261,12 @@ class PostgresGate(TrialGate):
         self._conn = None
 
     def acquire(self) -> None:
-        import sqlalchemy
-
         # A short-lived autocommit session: no idle transaction, and the lock goes if we die.
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
         self._conn = conn
 
     def release(self) -> None:
-        import sqlalchemy
-
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):  # closing the session releases the lock anyway

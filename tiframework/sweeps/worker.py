@@ -23,13 +23,23 @@ from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
 
 from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
 from tiframework.errors import UserError
-from tiframework.evaluation import FIDELITY, FLEXIBILITY
-from tiframework.sweep import CategoricalParam, IntParam, SweepConfig, load_sweep, sweep_dir
-from tiframework.sweep import trial_overrides as make_trial_overrides
+from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
+from tiframework.sd.models import load_model
 from tiframework.sweeps import storage as st
+from tiframework.sweeps.schema import (
+    OBJECTIVES,
+    CategoricalParam,
+    IntParam,
+    SweepConfig,
+    load_sweep,
+    sweep_dir,
+)
+from tiframework.sweeps.schema import trial_overrides as make_trial_overrides
+from tiframework.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +56,12 @@ class Runner(Protocol):
 
 
 class TrainRunner:
-    def __init__(self) -> None:
-        import tiframework.models
-        import tiframework.train  # noqa: F401  (imported here so the timed load is the model alone)
+    """The real thing: `load_model`, then `train` with the loaded parts."""
 
     def load(self, model: ModelConfig) -> Any:
-        from tiframework.models import load_model
-
         return load_model(model)
 
     def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]:
-        from tiframework.train import train
-
         return train(cfg, parts=parts, on_eval=on_eval)
 
 
@@ -84,16 +88,19 @@ class WorkerSpec:
     workers: int = 1  # processes on this machine (sampler seeding)
 
 
-def counted(trials: list[FrozenTrial]) -> int:
+def budget_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that use up the budget: all but retried dead ones and Ctrl-C'd ones (re-run later)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if t.number not in retried and not t.user_attrs.get("interrupted"))
+    return [t for t in trials if t.number not in retried and not t.user_attrs.get("interrupted")]
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    return len(budget_trials(trials))
 
 
 def finished(trials: list[FrozenTrial]) -> int:
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried
-               and not t.user_attrs.get("interrupted"))
+    """Counted trials that are over (complete, pruned or failed): the progress bar's position."""
+    return sum(t.state.is_finished() for t in budget_trials(trials))
 
 
 def suggest(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:
@@ -123,8 +130,6 @@ def seed_result(summary: dict[str, Any], rows: list[dict[str, float]]) -> dict[s
 
 
 def objective_values(sweep: SweepConfig, results: list[dict[str, Any]]) -> list[float]:
-    from tiframework.sweep import OBJECTIVES
-
     values = []
     for name in OBJECTIVES[sweep.objective]:
         got = [r[name] for r in results]
@@ -177,8 +182,6 @@ class SweepProgress:
     """A tqdm bar of finished trials with the best value so far (an Optuna callback too)."""
 
     def __init__(self, study: optuna.Study, total: int) -> None:
-        from tqdm.auto import tqdm
-
         self.total = total
         self.bar = tqdm(total=total, desc=f"sweep {study.study_name}", unit="trial", dynamic_ncols=True)
         self.refresh(study)

@@ -1,10 +1,10 @@
 """A procedural toy world with known truth, and small SD-shaped models trained on it.
 
-Public API: `resolve_dataset_path`, `materialize`, `CHARACTERS` (characters.py);
-`AttributeClassifier`, `attribute_accuracy` (classifier.py); `build` (build.py).
-Submodules import torch lazily, so `import tiframework.toyworld` stays cheap.
+- `world`, `draw`: attributes, captions and the PIL drawing of one image;
+- `characters`: named characters, dataset specs (`toyworld:kiri?pruned=1`) and their folders;
+- `classifier`: the attribute classifier, the ground truth for generated images;
+- `nets`, `train_sd`, `clip`, `batches`, `build`: the models and `tiframework toyworld build`.
+
+The rest of tiframework uses it through `data.sources` (dataset specs) and
+`evaluation.evaluator` (attribute accuracy); `sd.models` loads its weights folder.
 """
-
-from tiframework.toyworld.characters import CHARACTERS, is_spec, materialize, resolve_dataset_path
-
-__all__ = ["CHARACTERS", "is_spec", "materialize", "resolve_dataset_path"]

@@ -13,9 +13,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tiframework.fileio import atomic_dir
-from tiframework.toyworld.nets import BUCKET_STEP, NATIVE_SIZE, SCHEDULER_CONFIG
+from tiframework.sd.tokenizer import MAX_LENGTH, write_tokenizer_files
+from tiframework.toyworld.characters import character_images
+from tiframework.toyworld.classifier import (
+    AttributeClassifier,
+    attribute_accuracy,
+    heldout_accuracy,
+    save_classifier,
+    train_classifier,
+)
+from tiframework.toyworld.clip import save_clip, train_clip
+from tiframework.toyworld.draw import render
+from tiframework.toyworld.nets import BUCKET_STEP, NATIVE_SIZE, SCHEDULER_CONFIG, verify_weights
+from tiframework.toyworld.train_sd import train_diffusion, train_vae
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHARES = {"vae": 0.14, "diffusion": 0.66, "classifier": 0.12, "clip": 0.07}
@@ -40,8 +53,6 @@ def _save_half(model, folder: Path) -> None:
     """Save in float32 (so configs say float32 and loaders build float32 models), then
     rewrite the tensors as float16: half the bytes, and transformers' default
     `dtype="auto"` still follows the config rather than the file."""
-    from safetensors.torch import load_file, save_file
-
     model.float().save_pretrained(str(folder), safe_serialization=True)
     for path in folder.glob("*.safetensors"):
         tensors = {k: v.half().contiguous() for k, v in load_file(str(path)).items()}
@@ -50,8 +61,6 @@ def _save_half(model, folder: Path) -> None:
 
 def _save_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt (2 MB) rather than tokenizer.json (3.6 MB): same tokenizer."""
-    from tiframework.tokenizer import MAX_LENGTH, write_tokenizer_files
-
     write_tokenizer_files(folder)
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "bos_token": "<|startoftext|>",
               "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
@@ -76,13 +85,12 @@ def _save_sd(folder: Path, vae, text_encoder, unet) -> None:
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=1))
     (folder / "tiframework.json").write_text(json.dumps({"native_size": NATIVE_SIZE, "bucket_step": BUCKET_STEP}))
+    # What was written must be what the toyworld preset loads: check before the folder replaces the old one.
+    verify_weights(folder)
 
 
 def _side_models(vae, total: float, seed: int, report: BuildReport):
     """The classifier (with its held-out accuracy) and CLIP: they need only the VAE."""
-    from tiframework.toyworld.classifier import heldout_accuracy, train_classifier
-    from tiframework.toyworld.clip import train_clip
-
     t0 = time.monotonic()
     classifier, losses = train_classifier(total * SHARES["classifier"], seed, vae=vae)
     accuracy = heldout_accuracy(classifier, seed + 1, vae=vae)
@@ -102,10 +110,6 @@ def build(out: Path = WEIGHTS_DIR, budget_minutes: float = 50.0, seed: int = 0, 
     """
     if threads > 0:
         torch.set_num_threads(threads)
-    from tiframework.toyworld.classifier import save_classifier
-    from tiframework.toyworld.clip import save_clip
-    from tiframework.toyworld.train_sd import train_diffusion, train_vae
-
     total = budget_minutes * 60
     report = BuildReport(seed=seed, budget_minutes=budget_minutes)
     start = time.monotonic()
@@ -166,10 +170,6 @@ def card(report: dict, classifier_dir: Path | None = None) -> str:
               "| " + " | ".join(acc) + " |", "|" + " --- |" * len(acc),
               "| " + " | ".join(f"{v:.3f}" for v in acc.values()) + " |"]
     if classifier_dir is not None:
-        from tiframework.toyworld.characters import character_images
-        from tiframework.toyworld.classifier import AttributeClassifier, attribute_accuracy
-        from tiframework.toyworld.draw import render
-
         classifier = AttributeClassifier(classifier_dir)
         lines += ["", "On the held-out characters' own images (32 clean renders each, seed 123):", ""]
         for name in ("kiri", "sora"):

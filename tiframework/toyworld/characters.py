@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_dir
+from tiframework.toyworld.draw import render
 from tiframework.toyworld.world import ACCESSORIES, BACKGROUNDS, VIEWS, Attributes, Combo, with_jitter
 
 
@@ -106,17 +107,15 @@ def materialize(character: str, n: int, seed: int, root: Path, split: str = "tra
 
     Written atomically, so an existing folder is complete and is reused as is.
     """
-    from tiframework.toyworld.draw import render
-
     records = character_images(character, n, seed, split)
     folder = Path(root) / f"{character}-{split}-n{n}-s{seed}"
-    if _stamped(folder) and len(list(folder.glob("*.png"))) == n and len(list(folder.glob("*.txt"))) == n:
+    if is_current(folder) and len(list(folder.glob("*.png"))) == n and len(list(folder.glob("*.txt"))) == n:
         return folder
     with atomic_dir(folder) as tmp:
         for i, attrs in enumerate(records):
             render(attrs).save(tmp / f"{i:04d}.png", optimize=False)
             (tmp / f"{i:04d}.txt").write_text(attrs.caption() + "\n", encoding="utf-8")
-        (tmp / STAMP_FILE).write_text(world_stamp())
+        stamp(tmp)
     return folder
 
 
@@ -134,9 +133,15 @@ def world_stamp() -> str:
     return digest.hexdigest()[:16]
 
 
-def _stamped(folder: Path) -> bool:
-    stamp = folder / STAMP_FILE
-    return stamp.is_file() and stamp.read_text() == world_stamp()
+def is_current(folder: Path) -> bool:
+    """True when `folder` was written by this checkout's world code (see `world_stamp`)."""
+    mark = folder / STAMP_FILE
+    return mark.is_file() and mark.read_text() == world_stamp()
+
+
+def stamp(folder: Path) -> None:
+    """Mark a folder derived from the world (e.g. a pruned variant) as made by this code."""
+    (folder / STAMP_FILE).write_text(world_stamp())
 
 
 class Spec(NamedTuple):
@@ -172,20 +177,3 @@ def parse_spec(spec: str) -> Spec:
 
 def is_spec(path: str) -> bool:
     return str(path).startswith("toyworld:")
-
-
-def resolve_dataset_path(spec: str, cache_root: Path = Path(".cache/toyworld")) -> Path:
-    """A toy-world spec -> a folder of images and captions (generated once, then reused)."""
-    name, split, n, seed, pruned = parse_spec(spec)
-    folder = materialize(name, n, seed, Path(cache_root), split)
-    if not pruned:
-        return folder
-    # The guide's step 4, done by the project's own tool (`tiframework tags prune --remove`):
-    # her traits leave the captions, so the embedding has to carry them.
-    from tiframework.tags import VARIANT_FILE, make_variant
-
-    variant = folder.with_name(folder.name + "-pruned")
-    if not ((variant / VARIANT_FILE).is_file() and _stamped(variant)):
-        make_variant(folder, variant, remove=get_character(name).trait_tags())
-        (variant / STAMP_FILE).write_text(world_stamp())
-    return variant

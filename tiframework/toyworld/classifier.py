@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from tiframework.errors import UserError
-from tiframework.toyworld.batches import Budget, to_tensor, world_batch
+from tiframework.toyworld.batches import fit, to_tensor, world_batch
 from tiframework.toyworld.characters import get_character
 from tiframework.toyworld.world import GROUPS
 
@@ -63,20 +63,15 @@ def train_classifier(seconds: float, seed: int, vae=None, batch: int = 64) -> tu
     rng = random.Random(f"classifier:{seed}")
     net = AttributeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    budget, losses = Budget(seconds), []
-    bar = tqdm(budget.steps(), desc="classifier", unit="step")
-    for step in bar:
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, float]:
         # Held-out combinations included: the classifier must judge held-out characters.
         x, attrs = world_batch(rng, batch, exclude=())
         logits, targets = net(_augment(x, vae, rng)), _targets(attrs)
         loss = sum(F.cross_entropy(logits[g], targets[g]) for g in GROUPS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return net.eval(), losses
+        return loss, loss.item()
+
+    return net.eval(), fit("classifier", seconds, opt, loss_fn)
 
 
 @torch.no_grad()
@@ -95,8 +90,6 @@ def heldout_accuracy(net: AttributeNet, seed: int, n: int = 1024, vae=None) -> d
 
 
 def save_classifier(net: AttributeNet, folder: Path, extra: dict) -> None:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"groups": GROUPS, **extra}, indent=1))
@@ -106,8 +99,6 @@ class AttributeClassifier:
     """`predict(images) -> [{group: value}]`, loaded from the committed weights."""
 
     def __init__(self, folder: Path = WEIGHTS):
-        from safetensors.torch import load_file
-
         path = Path(folder) / "model.safetensors"
         if not path.is_file():
             raise UserError(f"{path}: attribute classifier missing; run `tiframework toyworld build`")

@@ -1,33 +1,38 @@
 """The toy CLIP scorer: a small open_clip model trained contrastively on image <-> caption.
 
-Its config is `tiframework/clip_configs/tif-toy-clip.json` (open_clip's format, same
-BPE tokenizer as SD), so the evaluation code loads it like any open_clip model.
+Its config is `tif-toy-clip.json` beside this file (open_clip's format, same BPE tokenizer
+as SD); `register()` adds it to open_clip's model names, so the evaluation code loads it
+like any open_clip model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from safetensors.torch import save_file
 
-from tiframework.toyworld.batches import Budget, noisy_caption, world_batch
+from tiframework.toyworld.batches import fit, noisy_caption, world_batch
 
 MODEL_NAME = "tif-toy-clip"
-CONFIG_PATH = Path(__file__).parents[1] / "clip_configs" / f"{MODEL_NAME}.json"  # registered by clipscore
+CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
+@functools.lru_cache(maxsize=1)
+def register() -> None:
+    """Make `tif-toy-clip` an open_clip model name (once: each call would rescan open_clip's configs)."""
+    open_clip.add_model_config(CONFIG_PATH)
+
+
 def new_clip():
-    import open_clip
-
-    from tiframework.clipscore import register_clip_configs
-
-    register_clip_configs()
+    register()
     return open_clip.create_model(MODEL_NAME), open_clip.get_tokenizer(MODEL_NAME)
 
 
@@ -38,9 +43,8 @@ def train_clip(seconds: float, seed: int, batch: int = 128) -> tuple[torch.nn.Mo
     rng = random.Random(f"clip:{seed}")
     model, tokenizer = new_clip()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    budget, losses = Budget(seconds), []
-    bar = tqdm(budget.steps(), desc="clip", unit="step")
-    for step in bar:
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, float]:
         x, attrs = world_batch(rng, batch, exclude=())
         pixels = ((x + 1) / 2 - OPENAI_MEAN) / OPENAI_STD  # open_clip's own preprocessing
         text = tokenizer([noisy_caption(a, rng, 0.2, 0.0) for a in attrs])
@@ -48,23 +52,17 @@ def train_clip(seconds: float, seed: int, batch: int = 128) -> tuple[torch.nn.Mo
         logits = model.logit_scale.exp() * img @ txt.T
         target = torch.arange(batch)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 50)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return loss, loss.item()
+
+    def clamp_scale(step: int) -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap at 100
-        losses.append(loss.item())
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return model.eval(), losses
+
+    return model.eval(), fit("clip", seconds, opt, loss_fn, warmup=50, after_step=clamp_scale)
 
 
 def save_clip(model, folder: Path) -> Path:
     """`open_clip_model.safetensors` + `open_clip_config.json` (open_clip's local-dir layout)."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "open_clip_model.safetensors"
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))

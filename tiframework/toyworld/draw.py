@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -121,8 +122,6 @@ def _body(draw: ImageDraw.ImageDraw, t, a: Attributes, outfit: tuple[int, int, i
 
 
 def _star(draw: ImageDraw.ImageDraw, centre: Point, r: float) -> None:
-    import math
-
     pts = []
     for i in range(10):
         rad = r if i % 2 == 0 else r * 0.45

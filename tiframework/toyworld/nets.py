@@ -15,8 +15,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel
+
 from tiframework.errors import UserError
-from tiframework.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, VOCAB_SIZE
+from tiframework.sd.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, VOCAB_SIZE
 
 TEXT_WIDTH = 64
 NATIVE_SIZE = 64
@@ -52,33 +57,23 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 def new_vae():
-    from diffusers import AutoencoderKL
-
     return AutoencoderKL(**VAE_CONFIG)
 
 
 def new_text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
 
 
 def new_unet():
-    from diffusers import UNet2DConditionModel
-
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
 
 
 def _expected_shapes(sub: str) -> dict[str, tuple[int, ...]]:
-    import torch
-
     with torch.device("meta"):
         model = {"vae": new_vae, "unet": new_unet, "text_encoder": new_text_encoder}[sub]()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

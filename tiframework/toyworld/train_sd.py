@@ -12,13 +12,12 @@ import random
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from diffusers import DDPMScheduler
 
-from tiframework.tokenizer import VOCAB_SIZE, clip_tokenizer
-from tiframework.toyworld.batches import Budget, noisy_caption, world_batch
+from tiframework.sd.text import tokenize
+from tiframework.sd.tokenizer import VOCAB_SIZE, clip_tokenizer
+from tiframework.toyworld.batches import fit, noisy_caption, world_batch
 from tiframework.toyworld.nets import SCHEDULER_CONFIG, new_text_encoder, new_unet, new_vae
-
-LOG_EVERY = 25
 
 
 def train_vae(seconds: float, seed: int, batch: int = 12, kl_weight: float = 1e-5) -> tuple[torch.nn.Module, list[float]]:
@@ -31,21 +30,15 @@ def train_vae(seconds: float, seed: int, batch: int = 12, kl_weight: float = 1e-
         # latents are mostly noise and the decoder learned nothing in a 100-step budget.
         vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    budget, losses = Budget(seconds), []
-    bar = tqdm(budget.steps(), desc="vae", unit="step")
-    for step in bar:
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, float]:
         x, _ = world_batch(rng, batch, exclude=())
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        loss = rec + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        losses.append(rec.item())
-        if step % LOG_EVERY == 0:
-            bar.set_postfix(rec=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}")
+        return rec + kl_weight * post.kl().mean(), rec.item()
+
+    losses = fit("vae", seconds, opt, loss_fn, clip=1.0)
     vae.eval().requires_grad_(False)
     vae.register_to_config(scaling_factor=latent_scaling(vae, seed))
     return vae, losses
@@ -72,22 +65,17 @@ def train_diffusion(vae, seconds: float, seed: int, batch: int = 32, lr: float =
     Min-SNR-5 loss weighting (Hang et al. 2023) converges markedly faster on tiny
     budgets; EMA weights are what we ship, since raw weights at lr 1e-3 are noisy.
     """
-    from diffusers import DDPMScheduler
-
-    from tiframework.text import tokenize
 
     torch.manual_seed(seed)
     rng = random.Random(f"diffusion:{seed}")
     unet, text_encoder = new_unet(), new_text_encoder()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=lr, weight_decay=0.0)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = sched.alphas_cumprod
     tokenizer, scale = clip_tokenizer(), vae.config.scaling_factor
-    budget, losses = Budget(seconds), []
-    bar = tqdm(budget.steps(), desc="unet+text", unit="step")
-    for step in bar:
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, float]:
         x, attrs = world_batch(rng, batch)
         with torch.no_grad():
             z0 = vae.encode(x).latent_dist.sample() * scale  # (B, 4, 16, 16)
@@ -100,16 +88,12 @@ def train_diffusion(vae, seconds: float, seed: int, batch: int = 32, lr: float =
         snr = alphas[t] / (1 - alphas[t])
         weight = snr.clamp(max=5.0) / snr
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100)  # warmup: AdamW at 1e-3 is unstable at step 0
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return loss, float(F.mse_loss(pred.detach(), noise))
+
+    def ema(step: int) -> None:
         decay = min(0.998, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        losses.append(float(F.mse_loss(pred.detach(), noise)))
-        if step % LOG_EVERY == 0:
-            bar.set_postfix(mse=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}")
+
+    losses = fit("unet+text", seconds, opt, loss_fn, warmup=100, clip=1.0, after_step=ema)
     return ema_unet.eval(), ema_text.eval(), losses

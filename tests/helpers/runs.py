@@ -1,0 +1,49 @@
+"""Configs for test runs: the shipped quickstart, shrunk to the tiny preset and a few CPU steps.
+
+Tests build the real experiment file and override only what makes it small, so a change to
+`experiments/quickstart.yaml` that breaks training breaks these tests too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tiframework.config import ExperimentConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+CAPTION = "1girl, solo, red hair, smile, simple background"
+# Eval settings for the tiny preset: the tiny random CLIP, one seed, two sampling steps.
+TINY_EVAL = ["eval.clip_model=tif-tiny-clip", "eval.clip_pretrained=null", "eval.steps=2", "eval.seeds=[0]",
+             "eval.prompts=[\"[name]\"]", "eval.flexibility_prompts=[\"[name], from behind\"]"]
+
+
+def make_dataset(folder: Path, n: int = 6, caption: str | None = CAPTION) -> Path:
+    """`n` random-noise images in three aspect ratios (three buckets), with captions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        w, h = [(64, 64), (64, 96), (96, 64)][i % 3]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        if caption is not None:
+            (folder / f"{i:02d}.txt").write_text(caption, encoding="utf-8")
+    return folder
+
+
+def shrunk_quickstart(tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    """The quickstart on the tiny preset: a generated dataset under `tmp_path`, batch 1, no
+    saves, previews or evaluation unless the overrides ask, runs under `tmp_path/runs/test/`."""
+    data = tmp_path / "data"
+    if not data.exists():
+        make_dataset(data)
+    shrink = [
+        "model.preset=tiny", f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}",
+        "training.batch_size=1", "training.max_steps=4", "training.save_every=0", "preview.every=0",
+        "eval.every=0", *TINY_EVAL,
+        "logging.wandb=false", "logging.progress_bar=false", f"logging.runs_dir={tmp_path / 'runs'}",
+        "logging.experiment=test",
+    ]
+    return load_config(QUICKSTART, shrink + list(overrides))

@@ -1,0 +1,97 @@
+"""`Evaluator`: images from the eval prompts for given vectors, scored into one eval row.
+
+It loads the CLIP scorer and the reference art once, then `score(vectors, step)` generates
+images with fixed seeds (`eval.*` generation settings, independent of previews) and returns
+`{"step": ..., "eval/clip_fidelity": ..., ...}`. Training wraps it in a callback; `tiframework
+eval` calls it for each saved checkpoint. With a toy-world character (reference art or data)
+the row also holds `eval/attribute_accuracy`, the toy world's ground truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tiframework.config import EvalConfig, ExperimentConfig
+from tiframework.data.sources import resolve_data_path
+from tiframework.evaluation.diagnostics import fried_ratio, reference_stats, vector_norms
+from tiframework.evaluation.metrics import score_checkpoint, validate_eval_config
+from tiframework.sd.generate import generate, make_pipeline
+from tiframework.sd.models import SDParts
+from tiframework.toyworld.characters import is_spec, parse_spec
+from tiframework.toyworld.classifier import attribute_accuracy
+
+# Extra scores for a run, e.g. the toy world's attribute accuracy: (fidelity images by prompt) -> scores.
+ExtraScore = Callable[[dict[str, list[Any]]], dict[str, float]]
+
+
+def resolved_eval(cfg: ExperimentConfig, reference: str | None = None) -> EvalConfig:
+    """The eval section with `reference` (or `eval.reference`) resolved to a folder."""
+    ref = reference or cfg.eval.reference
+    if ref is None:
+        return cfg.eval
+    return cfg.eval.model_copy(update={"reference": str(resolve_data_path(ref, "eval.reference"))})
+
+
+class Evaluator:
+    """Loads the CLIP scorer and reference art once; `score(vectors, step)` gives one row."""
+
+    def __init__(self, cfg: ExperimentConfig, parts: SDParts, reference: str | None = None,
+                 extra: list[ExtraScore] | None = None, device: str | torch.device = "cpu"):
+        self.cfg, self.parts = cfg, parts
+        self.eval_cfg = resolved_eval(cfg, reference)
+        # Validation runs before any training time is spent: prompts, model, weights, reference.
+        self.scorer, reference_images = validate_eval_config(self.eval_cfg, device)
+        self.reference_stats = reference_stats(reference_images)
+        self.reference_features = self.scorer.image_features(reference_images)
+        self.pipe = make_pipeline(parts, self.eval_cfg.sampler)
+        self.extra = extra or []
+
+    def _images(self, prompts: list[str], vectors: torch.Tensor) -> dict[str, list[Any]]:
+        e = self.eval_cfg
+        images = generate(self.parts, prompts, e.seeds, name=self.cfg.embedding.name, vectors=vectors,
+                          clip_skip=self.cfg.model.clip_skip, steps=e.steps, guidance_scale=e.guidance_scale,
+                          negative_prompt=e.negative_prompt, width=e.width, height=e.height, pipe=self.pipe)
+        return dict(zip(prompts, images, strict=True))
+
+    def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
+        vectors = vectors.detach().to(self.parts.unet.device)
+        generated = self._images(list(self.eval_cfg.prompts), vectors)
+        flex = self._images(list(self.eval_cfg.flexibility_prompts), vectors)
+        row: dict[str, float] = {"step": step}
+        row.update(score_checkpoint(self.scorer, self.reference_features, generated, flex))
+        pooled = [img for imgs in generated.values() for img in imgs]
+        row["eval/fried"] = fried_ratio(pooled, self.reference_stats)
+        norms = vector_norms(vectors)
+        row["eval/vector_norm"] = sum(norms) / len(norms)
+        for extra in self.extra:
+            row.update(extra(generated))
+        return row
+
+
+def toyworld_attribute_scorer(spec: str) -> ExtraScore:
+    """Attribute accuracy of the toy character's `[name]` images, by the toy world's classifier.
+
+    Ground truth per generated image: `eval/attribute_accuracy` is the mean over the
+    character's own traits (hair, eyes, outfit, accessories she wears).
+    """
+    character = parse_spec(spec).name
+
+    def score(generated: dict[str, list[Any]]) -> dict[str, float]:
+        images = generated.get("[name]") or [img for imgs in generated.values() for img in imgs]
+        acc = attribute_accuracy(images, character)
+        return {"eval/attribute_accuracy": acc["traits"], "eval/attribute_accuracy_all": acc["mean"]}
+
+    return score
+
+
+def make_evaluator(cfg: ExperimentConfig, parts: SDParts, reference: str | None = None,
+                   device: str | torch.device = "cpu") -> Evaluator:
+    """The run's evaluator, with the toy world's attribute accuracy when the reference art
+    (or else the data) is a toy character: a pruned variant of a toy dataset is a plain
+    folder, but its `eval.reference: toyworld:<character>:reference` still names her."""
+    spec = next((s for s in (reference or cfg.eval.reference, cfg.data.path) if s and is_spec(s)), None)
+    extra = [toyworld_attribute_scorer(spec)] if spec else []
+    return Evaluator(cfg, parts, reference=reference, extra=extra, device=device)

@@ -1,0 +1,49 @@
+"""`tiframework eval RUN`: score every saved checkpoint of a finished run, afterwards.
+
+The step-0 baseline is the run's own starting embedding (`sd.embeddings.create` from its
+config, as training starts), so gains read the same as in training-time evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tiframework.config import load_config
+from tiframework.errors import UserError
+from tiframework.evaluation.evaluator import make_evaluator
+from tiframework.evaluation.summary import append_row, summarize
+from tiframework.sd.embeddings import create, load_embedding
+from tiframework.sd.models import load_model
+from tiframework.tracking.runfolder import RunFolder
+
+
+def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[str] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score every saved checkpoint of a finished run (plus the step-0 baseline) into eval.csv."""
+    folder = RunFolder(run_dir)
+    if not folder.config_file.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run-id>")
+    cfg = load_config(folder.config_file, overrides)
+    found: list[tuple[int, Path | torch.Tensor]] = list(folder.checkpoints(cfg.embedding.name))
+    if not found:
+        raise UserError(f"{folder.embeddings}: no {cfg.embedding.name}-<step>.pt checkpoints to score")
+    parts = load_model(cfg.model)
+    device = "cuda" if cfg.training.device != "cpu" and torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        parts.to(device)
+    evaluator = make_evaluator(cfg, parts, reference=reference, device=device)
+    if found[0][0] != 0:
+        found.insert(0, (0, create(cfg.embedding, parts).vectors))
+    rows: list[dict[str, float]] = []
+    for step, source in tqdm(found, desc="scoring checkpoints", unit="ckpt", disable=not progress):
+        vectors = source if isinstance(source, torch.Tensor) else load_embedding(source, parts.width).vectors
+        append_row(rows, evaluator.score(vectors, step))
+    folder.write_eval(rows)
+    summary = folder.read_summary() or {"run_dir": str(run_dir)}
+    summary.update(summarize(rows, evaluator.eval_cfg))
+    folder.write_summary(summary)
+    return summary

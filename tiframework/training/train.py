@@ -1,0 +1,225 @@
+"""`train(cfg)`: one textual-inversion run, start to finish. The CLI, sweeps and tests call it.
+
+It returns the run summary (also written to `summary.json`), so callers get metrics
+without parsing files. The pieces: `starting_point` (new or resumed vectors), `_callbacks`
+(what the run writes and watches), `_trainer` (Lightning), `_finish` (final saves, summary).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from tiframework.config import ExperimentConfig
+from tiframework.data.dataset import (
+    CaptionedLatents,
+    Item,
+    StreamSampler,
+    collate,
+    read_templates,
+    scan_folder,
+)
+from tiframework.data.latents import Latents, encode_latents
+from tiframework.data.sources import resolve_data_path
+from tiframework.errors import UserError
+from tiframework.evaluation.evaluator import make_evaluator
+from tiframework.sd.embeddings import create, load_embedding
+from tiframework.sd.models import SDParts, load_model
+from tiframework.tracking.runfolder import RunFolder
+from tiframework.tracking.tracker import Tracker
+from tiframework.training import callbacks as cb
+from tiframework.training.module import TextualInversionModule
+from tiframework.training.schedules import parse_schedule, total_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Start:
+    vectors: torch.Tensor  # (VPT, width)
+    step: int
+    optimizer_state: dict | None
+
+
+def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, str | None]) -> Start:
+    """A new embedding from the init text (its name checked against the captions), or the
+    stored one when resuming."""
+    if not cfg.resume:
+        return Start(create(cfg.embedding, parts, captions).vectors, 0, None)
+    path = Path(cfg.resume)
+    emb = load_embedding(path, expected_width=parts.width)
+    e = cfg.embedding
+    if emb.n_vectors != e.vectors_per_token:
+        raise UserError(f"{path}: has {emb.n_vectors} vectors but embedding.vectors_per_token is "
+                        f"{e.vectors_per_token}; set embedding.vectors_per_token={emb.n_vectors}")
+    optim_path = path.with_name(path.name + ".optim")
+    state = None
+    if optim_path.is_file():
+        state = torch.load(optim_path, map_location="cpu", weights_only=True).get("optimizer_state_dict")
+    else:
+        log.warning("%s: no optimizer state beside the embedding; AdamW restarts from zero moments", path)
+    return Start(emb.vectors, emb.step, state)
+
+
+def _precision(cfg: ExperimentConfig, accelerator: str) -> str:
+    if accelerator != "gpu":
+        return "32-true"
+    p = cfg.training.precision
+    if p == "auto":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[p]
+
+
+def _accelerator(cfg: ExperimentConfig) -> str:
+    device = cfg.training.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device: cuda was asked for but no GPU is visible; use training.device=auto")
+    return "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -> list[str]:
+    if cfg.preview.prompts:
+        return list(cfg.preview.prompts)
+    first = next((c for c in captions if c), None)
+    return ["[name]"] + ([f"{first}, [name]"] if first else [])
+
+
+def _loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
+    t = cfg.training
+    dataset = CaptionedLatents(latents.items, latents.means, latents.stds, cfg.data, read_templates(cfg.data),
+                               cfg.embedding.name, t.seed)
+    sampler = StreamSampler([it.size for it in latents.items], t.batch_size, t.seed,
+                            start=start * t.accumulate, length=(total - start) * t.accumulate)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
+
+
+@dataclass
+class Watchers:
+    """The callbacks `_finish` reads back: saves, evaluation, the vector guard."""
+
+    saver: cb.EmbeddingSaver
+    guard: cb.VectorGuard
+    evaluation: cb.EvalCallback | None
+    all: list[pl.Callback]
+
+
+def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker: Tracker, items: list[Item],
+               evaluator, on_eval: Callable[[dict[str, float]], None] | None, start: int, total: int,
+               extra: list[pl.Callback]) -> Watchers:
+    saver = cb.EmbeddingSaver(folder.embeddings, cfg.training.save_every, parts.checkpoint_hash,
+                              parts.checkpoint_name)
+    guard = cb.VectorGuard(cfg.eval.max_vector_norm)
+    progress = cb.StepProgress(total, start)
+    found: list[pl.Callback] = [cb.MetricsCSV(folder), saver, guard]
+    if cfg.preview.every:
+        prompts = default_preview_prompts(cfg, [it.caption for it in items])
+        found.append(cb.PreviewWriter(folder.previews, cfg.preview.every, prompts, hook=tracker.log_previews))
+    evaluation = None
+    if evaluator is not None:
+        def sink(row: dict[str, float]) -> None:
+            tracker.log_eval(row)
+            progress.latest = row
+            if on_eval is not None:
+                on_eval(row)
+
+        evaluation = cb.EvalCallback(evaluator, folder, sink)
+        found.append(evaluation)
+    found += extra
+    if cfg.logging.progress_bar:
+        found.append(progress)
+    return Watchers(saver, guard, evaluation, found)
+
+
+def _trainer(cfg: ExperimentConfig, accelerator: str, steps: int, callbacks: list, tracker: Tracker) -> pl.Trainer:
+    t = cfg.training
+    clip = t.grad_clip != "none"
+    return pl.Trainer(
+        accelerator=accelerator, devices=1, precision=_precision(cfg, accelerator),
+        max_steps=steps, max_epochs=1, accumulate_grad_batches=t.accumulate,
+        gradient_clip_val=t.grad_clip_value if clip else None, gradient_clip_algorithm=t.grad_clip if clip else None,
+        logger=tracker.logger or False, callbacks=callbacks, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
+    )
+
+
+def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, watchers: Watchers,
+            skipped: list[str]) -> tuple[dict[str, Any], Path]:
+    """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
+    # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
+    final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
+    name, saver = cfg.embedding.name, watchers.saver
+    if not saver.saved or saver.saved[-1].stem != f"{name}-{final_step}":
+        saver.save(module, final_step, f"{name}-{final_step}")
+    final = saver.save(module, final_step, name)
+    summary: dict[str, Any] = {
+        "run_dir": str(folder.path), "embedding": str(final), "final_step": final_step,
+        "final_loss": module.last_loss, "vector_norms": module.vector_norms(), "stopped": watchers.guard.stop_reason,
+        "skipped_images": skipped,
+    }
+    if watchers.evaluation is not None:
+        summary.update(watchers.evaluation.summary())
+    if module.nonfinite_step is not None:
+        summary["stopped"] = f"non-finite loss at step {module.nonfinite_step}"
+        log.error("training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
+                  module.nonfinite_step, final)
+    return summary, final
+
+
+def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
+          on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train one embedding as `cfg` says; return the summary written to `summary.json`.
+
+    `parts`: already-loaded frozen parts to reuse (a sweep worker loads them once).
+    `on_eval`: called with each evaluation row (`{"step": ..., "eval/clip_fidelity": ...}`)
+    right after it is written; an exception it raises (e.g. `optuna.TrialPruned`) ends
+    the run, with the W&B run still finished.
+    """
+    if not cfg.data.path:
+        raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
+    read_templates(cfg.data)  # bad templates fail before the model loads
+    total = total_steps(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
+    data_dir = resolve_data_path(cfg.data.path, "data.path")
+    parts = parts or load_model(cfg.model)
+    accelerator = _accelerator(cfg)
+    items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
+    start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
+    if start.step >= total:
+        raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
+                        "raise training.max_steps or extend training.learning_rate")
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    evaluator = make_evaluator(cfg, parts, device=device) if cfg.eval.every else None
+
+    folder = RunFolder.create(cfg)
+    tracker = Tracker(cfg, folder.path)
+    try:
+        if accelerator == "gpu":
+            parts.vae.to("cuda")
+        latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+        loader = _loader(cfg, latents, start.step, total)
+        module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state)
+        watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
+                              extra_callbacks or [])
+        trainer = _trainer(cfg, accelerator, total - start.step, watchers.all, tracker)
+        torch.manual_seed(cfg.training.seed)
+        log.info("training %s on %s (%s), %d steps", cfg.embedding.name, accelerator, trainer.precision,
+                 total - start.step)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
+            trainer.fit(module, train_dataloaders=loader)
+        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped)
+        tracker.finish(summary, final)
+        folder.write_summary(summary)
+        return summary
+    finally:
+        tracker.close()
+        folder.close()
