@@ -27,6 +27,7 @@ from tiframework.config import EvalConfig
 from tiframework.data.images import UnreadableImage, list_images, read_image
 from tiframework.errors import UserError
 from tiframework.evaluation.clipscore import ClipScorer, check_clip_model_name, load_clip_scorer
+from tiframework.evaluation.noise import se_from_sums, se_key
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ class FidelityScore(Metric):
 
     `update(features)` takes image features (N, D) of generated images; `compute()`
     returns {"mean": mean over all (generated, reference) pairs, "best_match": mean over
-    generated images of their highest similarity to any reference}. Features are
-    L2-normalized here, so raw embeddings work too.
+    generated images of their highest similarity to any reference}, and each one's
+    standard error over the generated images ("mean_se", "best_match_se"; NaN for a
+    single image). Features are L2-normalized here, so raw embeddings work too.
     """
 
     is_differentiable = False
@@ -70,20 +72,29 @@ class FidelityScore(Metric):
         self.register_buffer("reference", F.normalize(reference_features.float(), dim=-1), persistent=False)
         self.add_state("pair_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("best_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        # Sums of squares of the per-image values: their spread gives the standard errors.
+        self.add_state("pair_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("best_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, features: torch.Tensor) -> None:
         features = _check_features(features, self.reference.shape[1], "generated image features")
         sims = F.normalize(features.to(self.reference), dim=-1) @ self.reference.T  # (N, R)
-        # Sums of per-image means, in float64, so several updates equal one big update.
-        self.pair_sum += sims.mean(dim=1).double().sum()
-        self.best_sum += sims.max(dim=1).values.double().sum()
+        # Sums of per-image values, in float64, so several updates equal one big update.
+        per_image, best = sims.mean(dim=1).double(), sims.max(dim=1).values.double()  # (N,)
+        self.pair_sum += per_image.sum()
+        self.best_sum += best.sum()
+        self.pair_sq += (per_image * per_image).sum()
+        self.best_sq += (best * best).sum()
         self.count += sims.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
+        n = int(self.count)
         return {
             "mean": (self.pair_sum / self.count).float(),
             "best_match": (self.best_sum / self.count).float(),
+            "mean_se": torch.tensor(se_from_sums(float(self.pair_sum), float(self.pair_sq), n)),
+            "best_match_se": torch.tensor(se_from_sums(float(self.best_sum), float(self.best_sq), n)),
         }
 
 
@@ -91,7 +102,8 @@ class FlexibilityScore(Metric):
     """Mean CLIP text-image cosine similarity of generated images with their prompt text.
 
     `update(image_features (N, D), text_features (N, D) or (1, D))`: a single text row is
-    compared with every image (the usual case: N seeds of one prompt).
+    compared with every image (the usual case: N seeds of one prompt). `se()` is the
+    standard error of the mean over the images (NaN for a single image).
     """
 
     is_differentiable = False
@@ -101,6 +113,7 @@ class FlexibilityScore(Metric):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("sim_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sim_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -115,11 +128,16 @@ class FlexibilityScore(Metric):
             )
         img = F.normalize(image_features.float(), dim=-1)
         txt = F.normalize(text_features.float(), dim=-1).to(img.device)
-        self.sim_sum += (img * txt).sum(dim=-1).double().sum()  # broadcasts a single text row
+        sims = (img * txt).sum(dim=-1).double()  # (N,); broadcasts a single text row
+        self.sim_sum += sims.sum()
+        self.sim_sq += (sims * sims).sum()
         self.count += img.shape[0]
 
     def compute(self) -> torch.Tensor:
         return (self.sim_sum / self.count).float()
+
+    def se(self) -> float:
+        return se_from_sums(float(self.sim_sum), float(self.sim_sq), int(self.count))
 
 
 def _check_features(features: torch.Tensor, dim: int, what: str) -> torch.Tensor:
@@ -162,26 +180,51 @@ def score_checkpoint(
 
     `generated`: fidelity prompt -> images (all pooled into one fidelity score);
     `flex_generated`: flexibility prompt (with [name]) -> images, each scored against its
-    prompt without [name]. A group with no images at all leaves its keys out, so the
-    caller never logs a NaN for a prompt list the config left empty.
+    prompt without [name]. Each score comes with its standard error over the images
+    (`<metric>_se`). A group with no images at all leaves its keys out, so the caller
+    never logs a NaN for a prompt list the config left empty.
     """
-    out: dict[str, float] = {}
-    fidelity = FidelityScore(reference_features)
-    for images in generated.values():
-        if images:
-            fidelity.update(scorer.image_features(images))
-    if fidelity.count > 0:
-        result = fidelity.compute()
-        out[FIDELITY] = float(result["mean"])
-        out[FIDELITY_BEST_MATCH] = float(result["best_match"])
+    return fidelity_scores(scorer, reference_features, generated).scores | flexibility_scores(scorer, flex_generated)
+
+
+def flexibility_scores(scorer: ClipScorer, flex_generated: Mapping[str, Sequence[Image.Image]]) -> dict[str, float]:
+    """Flexibility (+ `_se`) of the images of each flexibility prompt against its text
+    without [name], pooled; empty when there are no images."""
     flexibility = FlexibilityScore()
     for prompt, images in flex_generated.items():
         if images:
             text = scorer.text_features([prompt_without_name(prompt)])  # (1, D)
             flexibility.update(scorer.image_features(images), text)
-    if flexibility.count > 0:
-        out[FLEXIBILITY] = float(flexibility.compute())
-    return out
+    if flexibility.count == 0:
+        return {}
+    return {FLEXIBILITY: float(flexibility.compute()), se_key(FLEXIBILITY): flexibility.se()}
+
+
+class Fidelity(NamedTuple):
+    """`scores`: fidelity and best-match fidelity (+ `_se`); `per_image`: each image's
+    fidelity (mean similarity to the references), prompts in order, images in order."""
+
+    scores: dict[str, float]
+    per_image: list[float]
+
+
+def fidelity_scores(scorer: ClipScorer, reference_features: torch.Tensor,
+                    generated: Mapping[str, Sequence[Image.Image]]) -> Fidelity:
+    """Fidelity of all images of `generated`, pooled; empty when there are no images."""
+    fidelity = FidelityScore(reference_features)
+    per_image: list[float] = []
+    for images in generated.values():
+        if images:
+            features = scorer.image_features(images)
+            fidelity.update(features)
+            sims = F.normalize(features, dim=-1) @ fidelity.reference.T  # (N, R)
+            per_image += sims.mean(dim=1).tolist()
+    if fidelity.count == 0:
+        return Fidelity({}, [])
+    result = fidelity.compute()
+    return Fidelity({FIDELITY: float(result["mean"]), se_key(FIDELITY): float(result["mean_se"]),
+                     FIDELITY_BEST_MATCH: float(result["best_match"]),
+                     se_key(FIDELITY_BEST_MATCH): float(result["best_match_se"])}, per_image)
 
 
 def check_eval_prompts(cfg: EvalConfig) -> None:

@@ -127,15 +127,36 @@ def attribute_accuracy(images: Sequence[Image.Image], character: str,
     Eye colour, glasses and emblem are only scored on images not predicted `from behind`
     (they cannot show there); the other groups on every image.
     """
+    return attribute_scores(images, character, classifier)[0]
+
+
+_HIDDEN_FROM_BEHIND = frozenset({"eye_color", "glasses", "emblem"})
+
+
+def attribute_scores(images: Sequence[Image.Image], character: str,
+                     classifier: AttributeClassifier | None = None) -> tuple[dict[str, float], list[float]]:
+    """`attribute_accuracy`, plus each image's share of `traits`: per-image values whose
+    mean is exactly `traits`, so their spread gives its standard error over the images.
+
+    An image's share weights each trait group by 1 / (images scored on that group), so an
+    image seen from behind (scored on fewer groups) carries its fair part of the mean.
+    """
     char = get_character(character)
     expected = char.expected()
     preds = (classifier or default_classifier()).predict(images)
-    hidden_from_behind = {"eye_color", "glasses", "emblem"}
+    pools = {g: [i for i, p in enumerate(preds) if not (g in _HIDDEN_FROM_BEHIND and p["view"] == "from behind")]
+             for g in expected}
     scores: dict[str, float] = {}
     for group, want in expected.items():
-        pool = [p for p in preds if not (group in hidden_from_behind and p["view"] == "from behind")]
-        scores[group] = sum(p[group] == want for p in pool) / len(pool) if pool else 0.0
+        pool = pools[group]
+        scores[group] = sum(preds[i][group] == want for i in pool) / len(pool) if pool else 0.0
     traits = char.trait_groups()
     scores["mean"] = sum(scores[g] for g in expected) / len(expected)
     scores["traits"] = sum(scores[g] for g in traits) / len(traits)
-    return scores
+    # traits = (1/G) sum_g (1/|pool_g|) sum_{i in pool_g} hit_ig = (1/n) sum_i share_i
+    n = len(preds)
+    share = [0.0] * n
+    for g in traits:
+        for i in pools[g]:
+            share[i] += n * (preds[i][g] == expected[g]) / (len(traits) * len(pools[g]))
+    return scores, share
