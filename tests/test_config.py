@@ -14,6 +14,7 @@ import yaml
 
 from tiframework.config import (
     ExperimentConfig,
+    describe_keys,
     load_config,
     parse_overrides,
     save_config,
@@ -175,3 +176,37 @@ def test_resolved_config_round_trips(tmp_path):
     text = (tmp_path / "out" / "config.yaml").read_text(encoding="utf-8")
     assert "extends" not in text and "max_steps: 20" in text
 
+
+
+# ------------------------------------------------------------------ evaluation keys
+
+
+def test_retired_plateau_keys_warn_and_are_ignored(tmp_path, caplog):
+    # config.yaml of run folders made before the noise-aware plateau rule still loads
+    path = write(tmp_path / "old.yaml", {"eval": {"plateau_window": 40, "plateau_epsilon": 0.005}})
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path)
+    assert "plateau_window" not in cfg.eval.model_dump()
+    assert "eval.plateau_window is no longer used" in caplog.text and "eval.plateau_z" in caplog.text
+    keys = {k for k, _, _ in describe_keys()}
+    assert {"eval.plateau_z", "eval.plateau_patience", "eval.plateau_smoothing", "eval.selection_seeds",
+            "eval.tagger", "eval.traits", "eval.trait_leak", "training.stop_on_plateau"} <= keys
+    assert not {"eval.plateau_window", "eval.plateau_epsilon"} & keys
+
+
+def test_selection_seeds_are_derived_disjoint_or_checked():
+    assert load_config(None, ["eval.seeds=[0, 1, 2]"]).eval.selection() == [3, 4, 5]
+    assert load_config(None, ["eval.seeds=[7, 2]"]).eval.selection() == [8, 9]
+    assert load_config(None, ["eval.selection_seeds=[100]"]).eval.selection() == [100]
+    with pytest.raises(UserError, match=r"eval: selection_seeds \[1\] are also in eval.seeds"):
+        load_config(None, ["eval.selection_seeds=[1, 5]"])
+
+
+def test_plateau_and_trait_settings_are_checked():
+    with pytest.raises(UserError, match="plateau_smoothing must be odd"):
+        load_config(None, ["eval.plateau_smoothing=2"])
+    with pytest.raises(UserError, match="need eval.tagger"):
+        load_config(None, ["eval.trait_leak={'[name], from behind': [hat]}"])
+    with pytest.raises(UserError, match="training.stop_on_plateau needs evaluation"):
+        load_config(None, ["training.stop_on_plateau=true"])
+    assert load_config(None, ["training.stop_on_plateau=true", "eval.every=10"]).training.stop_on_plateau

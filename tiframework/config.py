@@ -10,6 +10,7 @@ errors that name the key.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -111,6 +114,9 @@ class TrainingConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     seed: int = Field(0, description="seeds data order, noise and timesteps (CPU runs repeat exactly)")
+    stop_on_plateau: bool = Field(
+        False, description="end the run once its fidelity plateau is confirmed (eval.plateau_*; needs eval.every)"
+    )
 
     @field_validator("learning_rate", mode="before")
     @classmethod
@@ -137,6 +143,14 @@ class PreviewConfig(GenerationConfig):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
+# Keys that older configs (and the config.yaml of older run folders) carry: read with a
+# warning and ignored, so those runs can still be re-scored. key -> what replaced it.
+RETIRED_EVAL_KEYS = {
+    "plateau_window": "eval.plateau_patience and eval.plateau_smoothing (counted in evaluations)",
+    "plateau_epsilon": "eval.plateau_z (improvements are judged against the measured eval noise)",
+}
+
+
 class EvalConfig(GenerationConfig):
     every: int = Field(0, ge=0, description="score fidelity/flexibility every N steps (0 = off)")
     reference: str | None = Field(None, description="folder of reference art for fidelity")
@@ -154,13 +168,75 @@ class EvalConfig(GenerationConfig):
         default_factory=lambda: ["[name], wearing a swimsuit", "[name], from behind", "[name], outdoors, night"],
         description="prompts that change outfit/pose/background; scored against the text without [name]",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
+                             description="held-out seeds: every reported eval/* score is measured on these")
+    selection_seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="seeds that choose the best checkpoint (select/clip_fidelity, fidelity prompts only), "
+        "disjoint from `seeds`; default: as many as `seeds`, numbered after the largest of them",
+    )
     verdict_after: int = Field(500, ge=0, description="warn 'not learning' if fidelity is still at baseline here")
     verdict_margin: float = Field(0.01, ge=0, description="fidelity gain over step 0 that counts as learning")
     fried_threshold: float = Field(2.0, gt=0, description="warn when previews' fried score passes this")
     max_vector_norm: float | None = Field(None, gt=0, description="stop when a vector's L2 norm exceeds this")
-    plateau_window: int = Field(500, ge=1, description="steps over which improvement is measured")
-    plateau_epsilon: float = Field(0.005, ge=0, description="improvement per window below which a plateau starts")
+    plateau_z: float = Field(
+        2.0, gt=0, description="a later fidelity counts as an improvement when it is more than this many "
+        "standard errors (of a difference of two evaluations) above an earlier one",
+    )
+    plateau_patience: int = Field(
+        2, ge=1, description="evaluations after a plateau step that must not improve on it before it counts "
+        "(and before training.stop_on_plateau stops)",
+    )
+    plateau_smoothing: int = Field(
+        1, ge=1, description="centered running mean over this many evaluations (odd) before the plateau rule; "
+        "1 = none",
+    )
+    tagger: str | None = Field(
+        None, description="a local WD1.4 model.onnx (or 'toyworld', the toy world's tagger) for "
+        "eval/trait_recall and eval/trait_leak",
+    )
+    tagger_tags: str | None = Field(None, description="the tagger's selected_tags.csv; default: beside the model")
+    tagger_threshold: float | None = Field(
+        None, ge=0, le=1, description="confidence at which a tag counts as found; default: the tag command's "
+        "general threshold (0.35)",
+    )
+    traits: list[str] | None = Field(
+        None, description="the character's trait tags for eval/trait_recall; default: the tags pruning removed "
+        "(variant.yaml of data.path)",
+    )
+    trait_leak: dict[str, list[str]] = Field(
+        default_factory=dict, description="flexibility prompt -> tags that must not appear in its images "
+        "(eval/trait_leak), e.g. {'[name], wearing a swimsuit': ['green dress']}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in RETIRED_EVAL_KEYS):
+            data = dict(data)
+            for key, instead in RETIRED_EVAL_KEYS.items():
+                if data.pop(key, None) is not None:
+                    log.warning("eval.%s is no longer used and is ignored; see %s", key, instead)
+        return data
+
+    @model_validator(mode="after")
+    def _checked(self) -> EvalConfig:
+        if self.selection_seeds is not None and set(self.selection_seeds) & set(self.seeds):
+            both = sorted(set(self.selection_seeds) & set(self.seeds))
+            raise ValueError(f"selection_seeds {both} are also in eval.seeds; the two sets must be disjoint "
+                             "(leave selection_seeds unset to derive them)")
+        if self.plateau_smoothing % 2 == 0:
+            raise ValueError(f"plateau_smoothing must be odd (a centered window), got {self.plateau_smoothing}")
+        if self.tagger is None and (self.traits is not None or self.trait_leak):
+            raise ValueError("eval.traits / eval.trait_leak need eval.tagger (a WD1.4 model.onnx, or 'toyworld')")
+        return self
+
+    def selection(self) -> list[int]:
+        """The selection seeds: as given, or as many as `seeds`, numbered after the largest."""
+        if self.selection_seeds is not None:
+            return list(self.selection_seeds)
+        start = max(self.seeds) + 1
+        return list(range(start, start + len(self.seeds)))
 
 
 class LoggingConfig(Section):
@@ -185,13 +261,19 @@ class ExperimentConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     resume: str | None = Field(None, description="an embedding file written by a run; training continues from it")
 
+    @model_validator(mode="after")
+    def _stop_needs_eval(self) -> ExperimentConfig:
+        if self.training.stop_on_plateau and not self.eval.every:
+            raise ValueError("training.stop_on_plateau needs evaluation: set eval.every (and eval.reference)")
+        return self
+
 
 def _format_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{key}: {msg}")
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {msg}" if key else msg)
     return f"{source}: " + "; ".join(parts)
 
 
