@@ -1,4 +1,4 @@
-"""`tiframework toyworld ...`: build the toy models, list characters, write datasets."""
+"""`tiframework toyworld ...`: build the toy models, list characters, write datasets, the tagger."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def register(subparsers) -> None:
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--split", choices=("train", "reference"), default="train")
     data.set_defaults(func=_dataset)
+    tagger = sub.add_parser("tagger", help="write the toy world's WD1.4-shaped tagger (model.onnx + "
+                            "selected_tags.csv, built from the attribute classifier) for `tiframework tag`")
+    tagger.add_argument("--out", type=Path, default=Path(".cache/toyworld/tagger"),
+                        help="output folder (default: .cache/toyworld/tagger, where eval.tagger=toyworld finds it)")
+    tagger.set_defaults(func=_tagger)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -57,4 +62,13 @@ def _characters(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     n = args.n or DEFAULT_N[args.split]
     print(materialize(args.character, n, args.seed, args.out, args.split))
+    return 0
+
+
+def _tagger(args: argparse.Namespace) -> int:
+    # onnx and torch: imported when the command runs, so --help stays fast
+    from tiframework.toyworld.tagger import MODEL_FILE, TAGS_FILE, build_toy_tagger
+
+    folder = build_toy_tagger(args.out)
+    print(f"wrote {folder / MODEL_FILE} and {folder / TAGS_FILE}")
     return 0
