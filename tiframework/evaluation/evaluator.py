@@ -1,10 +1,18 @@
 """`Evaluator`: images from the eval prompts for given vectors, scored into one eval row.
 
-It loads the CLIP scorer and the reference art once, then `score(vectors, step)` generates
-images with fixed seeds (`eval.*` generation settings, independent of previews) and returns
-`{"step": ..., "eval/clip_fidelity": ..., ...}`. Training wraps it in a callback; `tiframework
-eval` calls it for each saved checkpoint. With a toy-world character (reference art or data)
-the row also holds `eval/attribute_accuracy`, the toy world's ground truth.
+It loads the CLIP scorer, the reference art (and the tagger, with `eval.tagger`) once, then
+`score(vectors, step)` generates images with fixed seeds (`eval.*` generation settings,
+independent of previews) and returns `{"step": ..., "eval/clip_fidelity": ..., ...}`:
+
+- `eval/*` scores (each image-averaged one with its standard error, `_se`) on the
+  held-out seeds `eval.seeds`: fidelity, flexibility, trait recall / leak, fried, norm;
+- `select/clip_fidelity` (+ `_se`) on the disjoint selection seeds (`EvalConfig.selection()`,
+  fidelity prompts only): it chooses the best checkpoint, so the held-out scores of that
+  checkpoint are not inflated by the choice.
+
+Training wraps it in a callback; `tiframework eval` calls it for each saved checkpoint.
+With a toy-world character (reference art or data) the row also holds
+`eval/attribute_accuracy`, the toy world's ground truth.
 """
 
 from __future__ import annotations
@@ -17,14 +25,19 @@ import torch
 from tiframework.config import EvalConfig, ExperimentConfig
 from tiframework.data.sources import resolve_data_path
 from tiframework.evaluation.diagnostics import fried_ratio, reference_stats, vector_norms
-from tiframework.evaluation.metrics import score_checkpoint, validate_eval_config
+from tiframework.evaluation.metrics import FIDELITY, fidelity_scores, flexibility_scores, validate_eval_config
+from tiframework.evaluation.noise import mean_se, se_key
+from tiframework.evaluation.summary import SELECT
+from tiframework.evaluation.traits import load_trait_scorer
 from tiframework.sd.generate import generate, make_pipeline
 from tiframework.sd.models import SDParts
 from tiframework.toyworld.characters import is_spec, parse_spec
-from tiframework.toyworld.classifier import attribute_accuracy
+from tiframework.toyworld.classifier import attribute_scores
 
-# Extra scores for a run, e.g. the toy world's attribute accuracy: (fidelity images by prompt) -> scores.
-ExtraScore = Callable[[dict[str, list[Any]]], dict[str, float]]
+# Extra scores for a run, e.g. the toy world's attribute accuracy:
+# (fidelity images by prompt, flexibility images by prompt), both held-out -> scores.
+ExtraScore = Callable[[dict[str, list[Any]], dict[str, list[Any]]], dict[str, float]]
+ATTRIBUTE_ACCURACY = "eval/attribute_accuracy"
 
 
 def resolved_eval(cfg: ExperimentConfig, reference: str | None = None) -> EvalConfig:
@@ -46,28 +59,45 @@ class Evaluator:
         self.scorer, reference_images = validate_eval_config(self.eval_cfg, device)
         self.reference_stats = reference_stats(reference_images)
         self.reference_features = self.scorer.image_features(reference_images)
+        self.traits = load_trait_scorer(self.eval_cfg, cfg.data.path, device)
         self.pipe = make_pipeline(parts, self.eval_cfg.sampler)
         self.extra = extra or []
+        # The held-out images of the first fidelity prompt at the last `score`, seeds in order:
+        # what a person looks at (eval_images/step-<step>.png).
+        self.last_images: list[Any] = []
+        # Each held-out image's fidelity at the last `score` ({step, prompt, seed, value}), in
+        # order: the same seeds at every checkpoint, so differences pair up image by image.
+        self.last_per_image: list[dict[str, Any]] = []
 
-    def _images(self, prompts: list[str], vectors: torch.Tensor) -> dict[str, list[Any]]:
+    def _images(self, prompts: list[str], vectors: torch.Tensor, seeds: list[int]) -> dict[str, list[Any]]:
         e = self.eval_cfg
-        images = generate(self.parts, prompts, e.seeds, name=self.cfg.embedding.name, vectors=vectors,
+        images = generate(self.parts, prompts, seeds, name=self.cfg.embedding.name, vectors=vectors,
                           clip_skip=self.cfg.model.clip_skip, steps=e.steps, guidance_scale=e.guidance_scale,
                           negative_prompt=e.negative_prompt, width=e.width, height=e.height, pipe=self.pipe)
         return dict(zip(prompts, images, strict=True))
 
     def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
+        e = self.eval_cfg
         vectors = vectors.detach().to(self.parts.unet.device)
-        generated = self._images(list(self.eval_cfg.prompts), vectors)
-        flex = self._images(list(self.eval_cfg.flexibility_prompts), vectors)
-        row: dict[str, float] = {"step": step}
-        row.update(score_checkpoint(self.scorer, self.reference_features, generated, flex))
+        generated = self._images(list(e.prompts), vectors, list(e.seeds))
+        flex = self._images(list(e.flexibility_prompts), vectors, list(e.seeds))
+        selection = self._images(list(e.prompts), vectors, e.selection())
+        held_out = fidelity_scores(self.scorer, self.reference_features, generated)
+        chosen = fidelity_scores(self.scorer, self.reference_features, selection).scores
+        row: dict[str, float] = {"step": step, **held_out.scores, **flexibility_scores(self.scorer, flex),
+                                 SELECT: chosen[FIDELITY], se_key(SELECT): chosen[se_key(FIDELITY)]}
+        keys = [(prompt, seed) for prompt, images in generated.items() for seed, _ in zip(e.seeds, images, strict=True)]
+        self.last_per_image = [{"step": step, "prompt": prompt, "seed": seed, FIDELITY: value}
+                               for (prompt, seed), value in zip(keys, held_out.per_image, strict=True)]
         pooled = [img for imgs in generated.values() for img in imgs]
         row["eval/fried"] = fried_ratio(pooled, self.reference_stats)
         norms = vector_norms(vectors)
         row["eval/vector_norm"] = sum(norms) / len(norms)
         for extra in self.extra:
-            row.update(extra(generated))
+            row.update(extra(generated, flex))
+        if self.traits is not None:
+            row.update(self.traits.score(generated.get("[name]", []), flex))
+        self.last_images = list(generated[e.prompts[0]])
         return row
 
 
@@ -75,14 +105,17 @@ def toyworld_attribute_scorer(spec: str) -> ExtraScore:
     """Attribute accuracy of the toy character's `[name]` images, by the toy world's classifier.
 
     Ground truth per generated image: `eval/attribute_accuracy` is the mean over the
-    character's own traits (hair, eyes, outfit, accessories she wears).
+    character's own traits (hair, eyes, outfit, accessories she wears), with its standard
+    error over the images.
     """
     character = parse_spec(spec).name
 
-    def score(generated: dict[str, list[Any]]) -> dict[str, float]:
+    def score(generated: dict[str, list[Any]], flex: dict[str, list[Any]]) -> dict[str, float]:
         images = generated.get("[name]") or [img for imgs in generated.values() for img in imgs]
-        acc = attribute_accuracy(images, character)
-        return {"eval/attribute_accuracy": acc["traits"], "eval/attribute_accuracy_all": acc["mean"]}
+        acc, per_image = attribute_scores(images, character)
+        _, se = mean_se(per_image)
+        return {ATTRIBUTE_ACCURACY: acc["traits"], se_key(ATTRIBUTE_ACCURACY): se,
+                "eval/attribute_accuracy_all": acc["mean"]}
 
     return score
 

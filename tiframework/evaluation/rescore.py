@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from tiframework.config import load_config
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import make_evaluator
-from tiframework.evaluation.summary import append_row, summarize
+from tiframework.evaluation.evidence import save_eval_images
+from tiframework.evaluation.summary import append_row, samples_by_step, summarize
 from tiframework.sd.embeddings import create, load_embedding
 from tiframework.sd.models import load_model
 from tiframework.tracking.runfolder import RunFolder
@@ -39,11 +40,15 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     if found[0][0] != 0:
         found.insert(0, (0, create(cfg.embedding, parts).vectors))
     rows: list[dict[str, float]] = []
+    per_image: list[dict[str, Any]] = []
     for step, source in tqdm(found, desc="scoring checkpoints", unit="ckpt", disable=not progress):
         vectors = source if isinstance(source, torch.Tensor) else load_embedding(source, parts.width).vectors
         append_row(rows, evaluator.score(vectors, step))
+        per_image += evaluator.last_per_image
+        save_eval_images(evaluator.last_images, folder.eval_images, step)
     folder.write_eval(rows)
+    folder.write_per_image(per_image)
     summary = folder.read_summary() or {"run_dir": str(run_dir)}
-    summary.update(summarize(rows, evaluator.eval_cfg))
+    summary.update(summarize(rows, evaluator.eval_cfg, samples=samples_by_step(per_image)))
     folder.write_summary(summary)
     return summary

@@ -2,8 +2,10 @@
 
     config.yaml    the resolved config          metrics.csv   one row per optimizer step
     eval.csv       one row per evaluation       summary.json  best / plateau / final numbers
+    eval_per_image.csv   each held-out image's fidelity per evaluation (step, prompt, seed)
     embeddings/    `<name>-<step>.pt` + .safetensors (+ .pt.optim), `<name>.pt` the final one
     previews/      `step-<step>-<k>.png`, `strip-<k>.png`
+    eval_images/   `step-<step>.png`: each evaluation's held-out `[name]` images, one row, small
 
 Every file is written atomically or appended row by row and flushed, so a crash leaves
 whole files behind.
@@ -57,12 +59,20 @@ class RunFolder:
         return self.path / "previews"
 
     @property
+    def eval_images(self) -> Path:
+        return self.path / "eval_images"
+
+    @property
     def config_file(self) -> Path:
         return self.path / "config.yaml"
 
     @property
     def eval_file(self) -> Path:
         return self.path / "eval.csv"
+
+    @property
+    def per_image_file(self) -> Path:
+        return self.path / "eval_per_image.csv"
 
     @property
     def summary_file(self) -> Path:
@@ -83,6 +93,19 @@ class RunFolder:
     def write_eval(self, rows: list[dict[str, float]]) -> None:
         """The whole eval table, atomically (rows may gain columns as scores appear)."""
         write_csv(self.eval_file, rows)
+
+    def write_per_image(self, records: list[dict[str, Any]]) -> None:
+        """eval_per_image.csv, atomically: one row per (evaluation, held-out image)."""
+        write_csv(self.per_image_file, records)
+
+    def read_per_image(self) -> list[dict[str, Any]]:
+        """The rows of eval_per_image.csv ([] without the file); `step` as int, scores as float."""
+        if not self.per_image_file.is_file():
+            return []
+        with self.per_image_file.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return [{k: (v if k == "prompt" else int(float(v)) if k in ("step", "seed") else float(v))
+                 for k, v in row.items() if v not in (None, "")} for row in rows]
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else {}

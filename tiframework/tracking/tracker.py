@@ -23,7 +23,8 @@ from tiframework.config import ExperimentConfig
 log = logging.getLogger(__name__)
 
 # Summary keys that W&B's run table and grouped charts show as `eval/<key>`.
-SUMMARY_KEYS = ("best_step", "best_score", "plateau_step")
+SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_score", "final_score",
+                "plateau_step", "plateau_reason", "plateau_noise")
 
 
 def wandb_mode() -> str:
