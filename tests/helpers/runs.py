@@ -16,9 +16,11 @@ from tiframework.config import ExperimentConfig, load_config
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 CAPTION = "1girl, solo, red hair, smile, simple background"
-# Eval settings for the tiny preset: the tiny random CLIP, one seed, two sampling steps.
+# Eval settings for the tiny preset: the tiny random CLIP, one seed, two sampling steps, no tagger
+# (the generated dataset is no pruned variant, so it has no traits to recall).
 TINY_EVAL = ["eval.clip_model=tif-tiny-clip", "eval.clip_pretrained=null", "eval.steps=2", "eval.seeds=[0]",
-             "eval.prompts=[\"[name]\"]", "eval.flexibility_prompts=[\"[name], from behind\"]"]
+             "eval.prompts=[\"[name]\"]", "eval.flexibility_prompts=[\"[name], from behind\"]",
+             "eval.tagger=null", "eval.trait_leak={}"]
 
 
 def make_dataset(folder: Path, n: int = 6, caption: str | None = CAPTION) -> Path:

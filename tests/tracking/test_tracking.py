@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from runs import make_dataset
 from runs import shrunk_quickstart as config
+from tiny_tagger import build_model, write_csv
 from wandb_reader import read_run
 
 from tiframework.cli import main
@@ -37,7 +39,7 @@ def test_offline_wandb_run_holds_scalars_images_and_artifact(tmp_path, tiny_part
     run = read_run(Path(summary["run_dir"]))
     keys = {k.split("/images/")[0] + "/images" if "/images/" in k else k for k in set().union(*run["history"])}
     assert {"train/loss", "train/lr", "train/vector_norm", "eval/clip_fidelity", "eval/clip_flexibility",
-            "preview/images"} <= keys
+            "eval/clip_fidelity_se", "select/clip_fidelity", "select/clip_fidelity_se", "preview/images"} <= keys
     fidelity_steps = [h["train/step"] for h in run["history"] if "eval/clip_fidelity" in h]
     assert fidelity_steps == [0, 2, 4]
     assert run["run"].run_group == "test" and run["run"].job_type == "train"
@@ -70,9 +72,59 @@ def test_eval_rows_baseline_intervals_and_summary(tmp_path, tiny_parts):
     assert [int(r["step"]) for r in table] == [0, 2, 4, 5]
     assert float(table[0]["eval/clip_fidelity"]) == pytest.approx(rows[0]["eval/clip_fidelity"])
     stored = json.loads((Path(summary["run_dir"]) / "summary.json").read_text())
-    for key in ("best_step", "best_score", "plateau_step", "baseline_score"):
+    for key in ("best_step", "best_score", "best_score_selection", "baseline_score", "final_step", "final_score",
+                "plateau_step", "plateau_reason", "plateau_noise"):
         assert key in stored
-    assert stored["best_score"] == max(r["eval/clip_fidelity"] for r in rows)
+    # the best checkpoint is chosen on the selection seeds and reported on the held-out ones
+    chosen = max(rows, key=lambda r: r["select/clip_fidelity"])
+    assert stored["best_step"] == chosen["step"]
+    assert stored["best_score"] == chosen["eval/clip_fidelity"]
+    assert stored["best_score_selection"] == chosen["select/clip_fidelity"]
+    assert stored["final_score"] == rows[-1]["eval/clip_fidelity"]
+    assert stored["plateau_reason"] in ("plateau", "still_rising", "no_gain")
+    assert Path(stored["best_embedding"]).is_file()  # kept although save_every is 0
+
+
+def test_eval_files_follow_the_contract(tmp_path, tiny_parts):
+    summary = train(eval_config(tmp_path, "training.max_steps=2", "eval.every=2", "eval.seeds=[3, 4]",
+                                "eval.flexibility_prompts=[\"[name], from behind\"]"), parts=tiny_parts)
+    run = Path(summary["run_dir"])
+    table = list(csv.DictReader(open(run / "eval.csv")))
+    header = list(table[0])
+    assert header[0] == "step"
+    for metric in ("eval/clip_fidelity", "eval/clip_fidelity_best_match", "eval/clip_flexibility",
+                   "select/clip_fidelity"):
+        assert {metric, metric + "_se"} <= set(header)
+        assert all(float(r[metric + "_se"]) >= 0 for r in table)  # two images each: a finite SE
+    assert {"eval/fried", "eval/vector_norm", "eval/clip_fidelity_best"} <= set(header)
+    assert not {"eval/fried_se", "eval/vector_norm_se"} & set(header)
+    per_image = list(csv.DictReader(open(run / "eval_per_image.csv")))
+    assert [(int(r["step"]), int(r["seed"])) for r in per_image] == [(0, 3), (0, 4), (2, 3), (2, 4)]
+    for row in table:
+        values = [float(r["eval/clip_fidelity"]) for r in per_image if r["step"] == row["step"]]
+        assert sum(values) / 2 == pytest.approx(float(row["eval/clip_fidelity"]), abs=1e-6)
+    shots = sorted(p.name for p in (run / "eval_images").iterdir())
+    assert shots == ["step-000000.png", "step-000002.png"]
+    with Image.open(run / "eval_images" / shots[0]) as im:
+        assert im.height <= 96 and im.width <= 2 * 96 and im.width == 2 * im.height  # two seeds, one row
+
+
+def test_trait_recall_and_leak_reach_eval_csv_and_wandb(tmp_path, tiny_parts):
+    # The tiny tagger always finds long_hair (0.4) and never 1girl (0.3): recall is exactly 1/2.
+    (tmp_path / "wd14").mkdir()
+    model = build_model(tmp_path / "wd14" / "model.onnx")
+    write_csv(tmp_path / "wd14" / "selected_tags.csv")
+    cfg = eval_config(tmp_path, "training.max_steps=2", "eval.every=2", "eval.seeds=[0, 1]", "logging.wandb=true",
+                      f"eval.tagger={model}", "eval.traits=[long hair, 1girl]",
+                      "eval.flexibility_prompts=[\"[name], from behind\"]",
+                      "eval.trait_leak={'[name], from behind': [long_hair]}")
+    summary = train(cfg, parts=tiny_parts)
+    table = list(csv.DictReader(open(Path(summary["run_dir"]) / "eval.csv")))
+    for row in table:
+        assert float(row["eval/trait_recall"]) == 0.5 and float(row["eval/trait_recall_se"]) == 0.0
+        assert float(row["eval/trait_leak"]) == 1.0 and float(row["eval/trait_leak_se"]) == 0.0
+    keys = set().union(*read_run(Path(summary["run_dir"]))["history"])
+    assert {"eval/trait_recall", "eval/trait_recall_se", "eval/trait_leak", "eval/trait_leak_se"} <= keys
 
 
 def test_fried_previews_and_not_learning_warn(tmp_path, tiny_parts):

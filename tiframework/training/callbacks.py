@@ -23,8 +23,9 @@ from tiframework.evaluation.diagnostics import (
     learning_verdict,
 )
 from tiframework.evaluation.evaluator import Evaluator
+from tiframework.evaluation.evidence import save_eval_images
 from tiframework.evaluation.metrics import FIDELITY
-from tiframework.evaluation.summary import append_row, summarize
+from tiframework.evaluation.summary import append_row, best_row, curve_plateau, samples_by_step, summarize
 from tiframework.fileio import atomic_path
 from tiframework.sd.embeddings import Embedding, save_embedding
 from tiframework.sd.generate import generate, make_pipeline
@@ -155,12 +156,25 @@ class VectorGuard(StepCallback):
 
 class EvalCallback(StepCallback):
     """Scores the embedding at the start and every `eval.every` steps with an `Evaluator`,
-    writes eval.csv, hands each row to `sink`, and runs the fried / not-learning diagnostics."""
+    writes eval.csv and `eval_images/`, hands each row to `sink`, and runs the fried /
+    not-learning diagnostics.
 
-    def __init__(self, evaluator: Evaluator, folder: RunFolder, sink: Callable[[dict[str, float]], None]):
+    `keep(module, step)` is called when a checkpoint becomes the best on the selection seeds,
+    so its embedding is saved even where `training.save_every` would not save it. With
+    `stop_on_plateau`, training stops at the evaluation that confirms the fidelity plateau.
+    """
+
+    def __init__(self, evaluator: Evaluator, folder: RunFolder, sink: Callable[[dict[str, float]], None],
+                 keep: Callable[[TextualInversionModule, int], Path] | None = None,
+                 stop_on_plateau: bool = False, planned_steps: int | None = None):
         self.evaluator, self.folder, self.sink = evaluator, folder, sink
+        self.keep, self.stop_on_plateau, self.planned_steps = keep, stop_on_plateau, planned_steps
         self.rows: list[dict[str, float]] = []
+        self.per_image: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self.best_step: int | None = None
+        self.best_embedding: Path | None = None
+        self.stopped_on_plateau: dict[str, int] | None = None
 
     @property
     def cfg(self) -> EvalConfig:
@@ -169,9 +183,33 @@ class EvalCallback(StepCallback):
     def evaluate(self, module: TextualInversionModule, step: int) -> None:
         row = self.evaluator.score(module.vectors, step)
         append_row(self.rows, row)
+        self.per_image += self.evaluator.last_per_image
         self.folder.write_eval(self.rows)
+        self.folder.write_per_image(self.per_image)
+        save_eval_images(self.evaluator.last_images, self.folder.eval_images, step)
         self.sink(row)
+        self._keep_best(module)
         self._diagnose(row, step)
+        if self.stop_on_plateau:
+            self._stop_if_plateau(module, step)
+
+    def _keep_best(self, module: TextualInversionModule) -> None:
+        chosen = best_row(self.rows)
+        if chosen is None or int(chosen["step"]) == self.best_step:
+            return
+        self.best_step = int(chosen["step"])
+        if self.keep is not None:
+            self.best_embedding = self.keep(module, self.best_step)
+
+    def _stop_if_plateau(self, module: TextualInversionModule, step: int) -> None:
+        plateau = curve_plateau(self.rows, self.cfg, samples=samples_by_step(self.per_image))
+        if plateau is None or plateau.reason != "plateau" or module._trainer is None:
+            return
+        saved = max(0, (self.planned_steps or step) - step)
+        self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step), "steps_saved": saved}
+        log.info("fidelity plateaued at step %d (confirmed at %d, noise %.4f): stopping, %d planned steps saved",
+                 plateau.step, step, plateau.noise, saved)
+        module.trainer.should_stop = True
 
     def _diagnose(self, row: dict[str, float], step: int) -> None:
         cfg = self.cfg
@@ -190,8 +228,14 @@ class EvalCallback(StepCallback):
         self.warnings.append(text)
 
     def summary(self) -> dict[str, Any]:
-        """Best and plateau steps of CLIP fidelity, plus the diagnostics' warnings."""
-        return summarize(self.rows, self.cfg) | {"warnings": list(self.warnings)}
+        """Best (chosen on the selection seeds) and plateau of CLIP fidelity, the best
+        checkpoint's file, a plateau stop, and the diagnostics' warnings."""
+        out = summarize(self.rows, self.cfg, samples=samples_by_step(self.per_image))
+        out["warnings"] = list(self.warnings)
+        if self.best_embedding is not None and out.get("best_step") == self.best_step:
+            out["best_embedding"] = str(self.best_embedding)
+        out["stopped_on_plateau"] = self.stopped_on_plateau
+        return out
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.evaluate(pl_module, pl_module.step)

@@ -130,7 +130,14 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
             if on_eval is not None:
                 on_eval(row)
 
-        evaluation = cb.EvalCallback(evaluator, folder, sink)
+        def keep(module: TextualInversionModule, step: int) -> Path:
+            # The best checkpoint's embedding must exist whatever save_every says; one
+            # already on disk (saved at this step, or the file a resume started from) stays.
+            path = folder.embeddings / f"{cfg.embedding.name}-{step}.pt"
+            return path if path.is_file() else saver.save(module, step, path.stem)
+
+        evaluation = cb.EvalCallback(evaluator, folder, sink, keep=keep,
+                                     stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=total)
         found.append(evaluation)
     found += extra
     if cfg.logging.progress_bar:
