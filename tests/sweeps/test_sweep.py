@@ -192,6 +192,31 @@ def test_a_good_sweep_file_loads(tmp_path, experiment):
     assert sweep.directions == ["maximize"] and sweep.default_study_name() == "s"
 
 
+def test_sweeps_can_turn_on_stop_on_plateau(tmp_path, experiment):
+    from tiframework.sweeps.schema import load_sweep
+
+    on = load_sweep(write_sweep(tmp_path, overrides={"training.stop_on_plateau": True}))
+    assert on.base.training.stop_on_plateau
+    both = load_sweep(write_sweep(tmp_path, name="both", space={"training.stop_on_plateau": categorical(True, False)}))
+    assert both.space["training.stop_on_plateau"].choices == [True, False]
+
+
+def test_seed_result_uses_held_out_scores():
+    from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
+    from tiframework.sweeps.worker import seed_result
+
+    rows = [{"step": 0, FIDELITY: 0.1, FLEXIBILITY: 0.3, "select/clip_fidelity": 0.12},
+            {"step": 40, FIDELITY: 0.3, FLEXIBILITY: 0.25, "select/clip_fidelity": 0.45},
+            {"step": 80, FIDELITY: 0.35, FLEXIBILITY: 0.2, "select/clip_fidelity": 0.40}]
+    summary = {"best_step": 40, "best_score": 0.3, "best_score_selection": 0.45, "plateau_step": 40,
+               "plateau_reason": "plateau", "final_step": 120, "stopped_on_plateau": {"steps_saved": 40}}
+    got = seed_result(summary, rows)
+    assert (got["best_fidelity"], got["plateau_fidelity"], got["flexibility"]) == (0.3, 0.3, 0.25)
+    assert (got["best_fidelity_selection"], got["plateau_reason"], got["steps_saved"]) == (0.45, "plateau", 40)
+    no_plateau = seed_result(summary | {"plateau_step": None, "plateau_reason": "still_rising"}, rows)
+    assert no_plateau["plateau_fidelity"] == 0.35  # the last evaluation, held out
+
+
 # --- storage and study errors, before any trial -----------------------------------------------
 
 

@@ -7,7 +7,7 @@ display or on global backend state.
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from tiframework.reports.trials import LR, VPT, finite, objective_names, save_figure, seed_stats
+from tiframework.reports.trials import (
+    LR,
+    VPT,
+    finite,
+    objective_names,
+    plateau_reasons,
+    reasons_text,
+    save_figure,
+    seed_reason,
+    seed_stats,
+)
 
 
 def _figure(width: float = 7.0, height: float = 4.0) -> Any:
@@ -85,16 +95,26 @@ def fidelity_vs_vpt(study: optuna.Study, out: Path) -> str:
     return "fidelity_vs_vpt.png"
 
 
-def _plateau_points(trial: FrozenTrial) -> tuple[list[float], bool]:
-    """Per-seed plateau steps; a seed that never plateaued counts at its final step (flagged)."""
-    steps, censored = [], False
+# Seeds without a plateau are drawn at their final step, one marker per reason.
+_NO_PLATEAU = {
+    "still_rising": ("^", "tab:green", "still rising: no plateau by the final step (drawn there)"),
+    "no_gain": ("x", "tab:red", "no gain over step 0 (drawn at the final step)"),
+    "unrecorded": ("s", "tab:gray", "no plateau, reason not recorded (drawn at the final step)"),
+}
+
+
+def _plateau_points(trial: FrozenTrial) -> tuple[list[float], dict[str, list[float]]]:
+    """The plateau steps of the seeds that reached one; per other reason, the final steps of
+    the seeds that did not (every seed is counted somewhere, none is dropped)."""
+    steps: list[float] = []
+    others: dict[str, list[float]] = defaultdict(list)
     for s in trial.user_attrs.get("seeds", {}).values():
-        if s.get("plateau_step") is not None:
+        reason = seed_reason(s)
+        if reason == "plateau" and s.get("plateau_step") is not None:
             steps.append(float(s["plateau_step"]))
         elif s.get("final_step") is not None:
-            steps.append(float(s["final_step"]))
-            censored = True
-    return steps, censored
+            others[reason].append(float(s["final_step"]))
+    return steps, dict(others)
 
 
 def _as_rate(value: Any) -> float | None:
@@ -106,26 +126,37 @@ def _as_rate(value: Any) -> float | None:
 
 
 def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
-    pts = []
+    pts, others, totals = [], [], Counter()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        steps, censored = _plateau_points(t)
-        if LR in t.params and steps:
+        if LR not in t.params:
+            continue
+        steps, rest = _plateau_points(t)
+        totals += plateau_reasons(t)
+        n = len(steps) + sum(len(v) for v in rest.values())
+        if steps:
             std = statistics.stdev(steps) if len(steps) > 1 else 0.0
-            pts.append((t.params[LR], statistics.fmean(steps), std, censored))
-    if not pts:
+            pts.append((t.params[LR], statistics.fmean(steps), std, f"{len(steps)}/{n}"))
+        others += [(t.params[LR], reason, final) for reason, finals in rest.items() for final in finals]
+    if not pts and not others:
         return f"skipped: no complete trial varies {LR}"
     fig = _figure()
     ax = fig.subplots()
-    numeric = all(_as_rate(p[0]) is not None for p in pts)
-    labels = sorted({str(p[0]) for p in pts})
-    for censored, style in ((False, "o"), (True, "o")):
-        sel = [p for p in pts if p[3] == censored]
-        if not sel:
-            continue
-        xs = [_as_rate(p[0]) if numeric else labels.index(str(p[0])) for p in sel]
-        ax.errorbar(xs, [p[1] for p in sel], yerr=[p[2] for p in sel], fmt=style, capsize=4,
-                    mfc="none" if censored else None,
-                    label="no plateau in some seed (final step used)" if censored else "plateau step, mean ± std")
+    rates = [p[0] for p in pts] + [o[0] for o in others]
+    numeric = all(_as_rate(r) is not None for r in rates)
+    labels = sorted({str(r) for r in rates})
+
+    def x(rate: Any) -> float:
+        return _as_rate(rate) if numeric else labels.index(str(rate))
+
+    if pts:
+        ax.errorbar([x(p[0]) for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o", capsize=4,
+                    label="plateau step, mean ± std over the seeds with one (n/seeds beside it)")
+        for rate, mean, _, share in pts:
+            ax.annotate(share, (x(rate), mean), textcoords="offset points", xytext=(6, 4), fontsize="x-small")
+    for reason, (marker, color, label) in _NO_PLATEAU.items():
+        sel = [o for o in others if o[1] == reason]
+        if sel:
+            ax.scatter([x(o[0]) for o in sel], [o[2] for o in sel], marker=marker, color=color, label=label)
     if numeric:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log range
@@ -135,7 +166,7 @@ def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
                       rotation=20, ha="right")
         ax.set_xlabel("learning-rate schedule")
     ax.set_ylabel("plateau step (optimizer steps)")
-    ax.set_title("where fidelity stops improving")
+    ax.set_title(f"where fidelity stops improving (runs: {reasons_text(totals)})", fontsize="medium")
     ax.legend(loc="best", fontsize="small")
     save_figure(fig, out / "plateau_vs_lr.png")
     return "plateau_vs_lr.png"

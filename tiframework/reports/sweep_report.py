@@ -1,11 +1,13 @@
 """`tiframework sweep-report`: what a study found, as tables and plots.
 
 Writes (atomically) into the output folder:
-- `trials.csv` and `trials.md`: one row per trial (parameters, objective, best fidelity and
-  plateau step as mean and std over seeds, state, why it failed or was pruned), plus
-  parameter importances (fANOVA) when enough trials completed;
+- `trials.csv` and `trials.md`: one row per trial (parameters, objective, held-out best
+  fidelity as mean and std over seeds, plateau step as mean and std over the seeds that
+  reached one, the seeds counted per plateau reason, state, why it failed or was pruned),
+  plus parameter importances (fANOVA) when enough trials completed;
 - `history.png` (objective per trial and best so far), `fidelity_vs_vpt.png` (mean ± std
-  over seeds per trial), `plateau_vs_lr.png`, and `pareto.png` for two objectives.
+  over seeds per trial), `plateau_vs_lr.png` (seeds without a plateau drawn at their final
+  step by reason, and counted), and `pareto.png` for two objectives.
 A plot whose parameter the sweep did not vary is skipped, and the markdown says so.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from tiframework.sweeps import storage as st
 
 VPT = "embedding.vectors_per_token"
 LR = "training.learning_rate"
+# A run's plateau reason (evaluation.plateau.REASONS); runs made before reasons were recorded
+# are "plateau" when they have a plateau step and "unrecorded" otherwise.
+REASON_ORDER = ("plateau", "still_rising", "no_gain", "unrecorded")
 
 
 def open_study(target: str, study_name: str | None) -> tuple[optuna.Study, st.StudyLocation]:
@@ -47,6 +51,23 @@ def seed_stats(trial: FrozenTrial, key: str) -> tuple[float | None, float | None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
+def seed_reason(seed: dict[str, Any]) -> str:
+    """One seed's plateau reason, also for runs recorded before reasons existed."""
+    if seed.get("plateau_reason"):
+        return str(seed["plateau_reason"])
+    return "plateau" if seed.get("plateau_step") is not None else "unrecorded"
+
+
+def plateau_reasons(trial: FrozenTrial) -> Counter[str]:
+    """How many of the trial's seeds ended in each plateau reason."""
+    return Counter(seed_reason(s) for s in trial.user_attrs.get("seeds", {}).values())
+
+
+def reasons_text(counts: Counter[str]) -> str:
+    """`plateau 2, still_rising 1`: every reason that occurs, in a fixed order."""
+    return ", ".join(f"{r} {counts[r]}" for r in REASON_ORDER if counts[r])
+
+
 def fail_reason(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
     if trial.state != TrialState.FAIL:
         return ""
@@ -73,6 +94,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             mean, std, n = seed_stats(t, key)
             row[key] = "" if mean is None else round(mean, 6)
             row[f"{key}_std"] = "" if std is None else round(std, 6)
+        # plateau_step's mean is over the seeds that have one; this says how many do, and why not
+        row["plateau_reasons"] = reasons_text(plateau_reasons(t))
         row["seeds"] = len(t.user_attrs.get("seeds", {}))
         row["pruned_at_step"] = t.user_attrs.get("pruned_at_step", "")
         row["duration_s"] = round(t.duration.total_seconds(), 1) if t.duration else ""

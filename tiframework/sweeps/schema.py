@@ -93,8 +93,8 @@ class SweepConfig(Section):
     space: dict[str, Param] = Field(description="dotted config key -> categorical / int / float distribution")
     objective: Literal[tuple(OBJECTIVES)] = Field(
         "best_fidelity",
-        description="best CLIP fidelity; fidelity at the plateau step (last eval if none); "
-        "or (best fidelity, flexibility at that checkpoint) for a Pareto front",
+        description="held-out CLIP fidelity of the checkpoint best on the selection seeds; held-out fidelity at "
+        "the plateau step (last eval if none); or (best fidelity, flexibility there) for a Pareto front",
     )
     direction: Direction | list[Direction] | None = Field(None, description="per objective; default maximize")
     n_trials: int | None = Field(None, ge=1, description="trials in the study (default: grid size, or 20)")

@@ -116,17 +116,23 @@ def suggest(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:
 
 
 def seed_result(summary: dict[str, Any], rows: list[dict[str, float]]) -> dict[str, Any]:
-    """One run's numbers: best fidelity, fidelity at the plateau (or last eval), flexibility."""
+    """One run's numbers, all measured on the held-out eval seeds: the fidelity of the
+    checkpoint chosen on the selection seeds (`best_score`), fidelity at the plateau step
+    (or at the last eval when there is none), flexibility at the best checkpoint; plus the
+    plateau's reason and the steps a plateau stop saved."""
     if summary.get("best_score") is None or not rows:
         raise TrialFailed("the run has no fidelity scores (is eval.every > 0 and eval.reference set?)")
     by_step = {int(r["step"]): r for r in rows if FIDELITY in r}
     plateau = summary.get("plateau_step")
     at_plateau = by_step.get(plateau) if plateau is not None else None
     at_plateau = at_plateau or by_step[max(by_step)]
-    return {"best_fidelity": summary["best_score"], "best_step": summary.get("best_step"),
-            "plateau_step": plateau, "plateau_fidelity": at_plateau[FIDELITY],
+    stop = summary.get("stopped_on_plateau") or {}
+    return {"best_fidelity": summary["best_score"], "best_fidelity_selection": summary.get("best_score_selection"),
+            "best_step": summary.get("best_step"), "plateau_step": plateau,
+            "plateau_reason": summary.get("plateau_reason"), "plateau_fidelity": at_plateau[FIDELITY],
             "flexibility": by_step.get(summary.get("best_step"), {}).get(FLEXIBILITY),
-            "final_step": summary.get("final_step"), "run_dir": summary.get("run_dir")}
+            "final_step": summary.get("final_step"), "steps_saved": stop.get("steps_saved"),
+            "run_dir": summary.get("run_dir")}
 
 
 def objective_values(sweep: SweepConfig, results: list[dict[str, Any]]) -> list[float]:
