@@ -206,7 +206,13 @@ def test_plateau_and_trait_settings_are_checked():
     with pytest.raises(UserError, match="plateau_smoothing must be odd"):
         load_config(None, ["eval.plateau_smoothing=2"])
     with pytest.raises(UserError, match="need eval.tagger"):
-        load_config(None, ["eval.trait_leak={'[name], from behind': [hat]}"])
+        load_config(None, ["eval.trait_leak=[{prompt: '[name], from behind', tags: [hat]}]"])
+    with pytest.raises(UserError, match=r"eval.trait_leak.0.tags"):
+        load_config(None, ["eval.tagger=x.onnx", "eval.trait_leak=[{prompt: '[name], from behind', tags: []}]"])
+    # an override clears the shipped list (a mapping would have been merged into, not replaced)
+    quickstart = ROOT / "experiments" / "quickstart.yaml"
+    assert load_config(quickstart).eval.trait_leak
+    assert load_config(quickstart, ["eval.trait_leak=[]"]).eval.trait_leak == []
     with pytest.raises(UserError, match="training.stop_on_plateau needs evaluation"):
         load_config(None, ["training.stop_on_plateau=true"])
     assert load_config(None, ["training.stop_on_plateau=true", "eval.every=10"]).training.stop_on_plateau

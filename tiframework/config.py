@@ -151,6 +151,13 @@ RETIRED_EVAL_KEYS = {
 }
 
 
+class LeakRule(Section):
+    """One `eval.trait_leak` entry: a flexibility prompt and tags its images must not show."""
+
+    prompt: str = Field(description="one of eval.flexibility_prompts")
+    tags: list[str] = Field(min_length=1, description="tags that must not appear in its images")
+
+
 class EvalConfig(GenerationConfig):
     every: int = Field(0, ge=0, description="score fidelity/flexibility every N steps (0 = off)")
     reference: str | None = Field(None, description="folder of reference art for fidelity")
@@ -204,9 +211,10 @@ class EvalConfig(GenerationConfig):
         None, description="the character's trait tags for eval/trait_recall; default: the tags pruning removed "
         "(variant.yaml of data.path)",
     )
-    trait_leak: dict[str, list[str]] = Field(
-        default_factory=dict, description="flexibility prompt -> tags that must not appear in its images "
-        "(eval/trait_leak), e.g. {'[name], wearing a swimsuit': ['green dress']}",
+    # A list, not a mapping: an override `eval.trait_leak=[]` must be able to clear it.
+    trait_leak: list[LeakRule] = Field(
+        default_factory=list, description="flexibility prompts and the tags that must not appear in their images "
+        "(eval/trait_leak), e.g. [{prompt: '[name], wearing a swimsuit', tags: [green dress]}]",
     )
 
     @model_validator(mode="before")

@@ -63,8 +63,8 @@ def cfg(model: Path | str, **changes) -> EvalConfig:
 
 def test_scorer_on_the_tiny_tagger_gives_exact_shares(tiny_files):
     # long_hair is always 0.4 (found), 1girl always 0.3 (not found): recall is exactly 1/2.
-    scorer = load_trait_scorer(cfg(tiny_files / "model.onnx", trait_leak={"[name], from behind": ["long_hair"]}),
-                               None)
+    leak = [{"prompt": "[name], from behind", "tags": ["long_hair"]}]
+    scorer = load_trait_scorer(cfg(tiny_files / "model.onnx", trait_leak=leak), None)
     images = [render(a) for a in character_images("kiri", 3, seed=0)]
     out = scorer.score(images, {"[name], from behind": images[:2]})
     assert out == {TRAIT_RECALL: 0.5, TRAIT_RECALL + "_se": 0.0, TRAIT_LEAK: 1.0, TRAIT_LEAK + "_se": 0.0}
@@ -82,8 +82,8 @@ def test_traits_default_to_the_data_variant(tiny_files, tmp_path):
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"prompts": ["1girl, [name]"]}, r"add '\[name\]' to eval.prompts"),
-    ({"trait_leak": {"[name], swimsuit": ["long hair"]}}, "not one of eval.flexibility_prompts"),
-    ({"trait_leak": {"[name], from behind": []}}, "lists no tags"),
+    ({"trait_leak": [{"prompt": "[name], swimsuit", "tags": ["long hair"]}]}, "not one of eval.flexibility_prompts"),
+    ({"trait_leak": [{"prompt": "[name], from behind", "tags": ["lnog hair"]}]}, "lnog hair not among"),
     ({"traits": ["long hair", "pink hiar"]}, "pink hiar not among the tagger's tags"),
     ({"traits": []}, "empty"),
     ({"tagger": "/nowhere/model.onnx"}, "eval.tagger: /nowhere/model.onnx not found"),

@@ -20,7 +20,7 @@ CAPTION = "1girl, solo, red hair, smile, simple background"
 # (the generated dataset is no pruned variant, so it has no traits to recall).
 TINY_EVAL = ["eval.clip_model=tif-tiny-clip", "eval.clip_pretrained=null", "eval.steps=2", "eval.seeds=[0]",
              "eval.prompts=[\"[name]\"]", "eval.flexibility_prompts=[\"[name], from behind\"]",
-             "eval.tagger=null", "eval.trait_leak={}"]
+             "eval.tagger=null", "eval.trait_leak=[]"]
 
 
 def make_dataset(folder: Path, n: int = 6, caption: str | None = CAPTION) -> Path:

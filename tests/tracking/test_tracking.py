@@ -117,7 +117,7 @@ def test_trait_recall_and_leak_reach_eval_csv_and_wandb(tmp_path, tiny_parts):
     cfg = eval_config(tmp_path, "training.max_steps=2", "eval.every=2", "eval.seeds=[0, 1]", "logging.wandb=true",
                       f"eval.tagger={model}", "eval.traits=[long hair, 1girl]",
                       "eval.flexibility_prompts=[\"[name], from behind\"]",
-                      "eval.trait_leak={'[name], from behind': [long_hair]}")
+                      "eval.trait_leak=[{prompt: '[name], from behind', tags: [long_hair]}]")
     summary = train(cfg, parts=tiny_parts)
     table = list(csv.DictReader(open(Path(summary["run_dir"]) / "eval.csv")))
     for row in table:

@@ -130,12 +130,10 @@ def load_trait_scorer(cfg: EvalConfig, data_path: str | None, device: str = "cpu
     if PLACEHOLDER not in cfg.prompts:
         raise UserError(f"eval.tagger: trait recall is measured on the '{PLACEHOLDER}' prompt alone; "
                         f"add '{PLACEHOLDER}' to eval.prompts")
-    for prompt, tags in cfg.trait_leak.items():
-        if prompt not in cfg.flexibility_prompts:
-            raise UserError(f"eval.trait_leak: {prompt!r} is not one of eval.flexibility_prompts (its images are "
-                            "the ones tagged); add it there or fix the spelling")
-        if not tags:
-            raise UserError(f"eval.trait_leak: {prompt!r} lists no tags")
+    for rule in cfg.trait_leak:
+        if rule.prompt not in cfg.flexibility_prompts:
+            raise UserError(f"eval.trait_leak: {rule.prompt!r} is not one of eval.flexibility_prompts (its images "
+                            "are the ones tagged); add it there or fix the spelling")
     if cfg.traits is not None:
         traits = list(cfg.traits)
     elif data_path is None:
@@ -147,7 +145,7 @@ def load_trait_scorer(cfg: EvalConfig, data_path: str | None, device: str = "cpu
     model_path, tags_csv = tagger_files(cfg)
     rows = load_tag_csv(tags_csv)
     columns = _columns(rows, traits, "eval.traits", tags_csv)
-    leak = {p: _columns(rows, tags, f"eval.trait_leak[{p!r}]", tags_csv) for p, tags in cfg.trait_leak.items()}
+    leak = {r.prompt: _columns(rows, r.tags, f"eval.trait_leak[{r.prompt!r}]", tags_csv) for r in cfg.trait_leak}
     wd_device: Device = "cpu" if str(device) == "cpu" else "auto"
     model = WD14Model(model_path, wd_device)
     if model.n_outputs != len(rows):
