@@ -1,9 +1,11 @@
+import math
 import socket
 
 import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
@@ -17,6 +19,7 @@ from tiframework.evaluation.metrics import (
     FLEXIBILITY,
     FidelityScore,
     FlexibilityScore,
+    fidelity_scores,
     prompt_without_name,
     read_reference_images,
     score_checkpoint,
@@ -208,7 +211,7 @@ def test_metric_updates_aggregate_like_one_big_update(ref_features):
         split.update(chunk)
     whole = FidelityScore(ref_features)
     whole.update(gen)
-    for key in ("mean", "best_match"):
+    for key in ("mean", "best_match", "mean_se", "best_match_se"):
         torch.testing.assert_close(split.compute()[key], whole.compute()[key])
 
     text = torch.randn(10, 32, generator=torch.Generator().manual_seed(1))
@@ -217,6 +220,7 @@ def test_metric_updates_aggregate_like_one_big_update(ref_features):
     flex_split.update(gen[6:], text[6:])
     flex_whole.update(gen, text)
     torch.testing.assert_close(flex_split.compute(), flex_whole.compute())
+    assert flex_split.se() == pytest.approx(flex_whole.se())
     flex_whole.reset()
     flex_whole.update(gen, gen * 3.0)  # unnormalized copies: cosine 1
     assert flex_whole.compute().item() == pytest.approx(1.0, abs=1e-6)
@@ -260,19 +264,30 @@ def test_score_checkpoint(scorer, ref_features):
         {"[name]": REFERENCE[:2], "1girl, [name], standing": REFERENCE[2:]},
         {"[name], wearing a swimsuit": [noise(0), noise(1)], "[name], from behind": []},
     )
-    assert set(scores) == {FIDELITY, FIDELITY_BEST_MATCH, FLEXIBILITY}
+    means = {FIDELITY, FIDELITY_BEST_MATCH, FLEXIBILITY}
+    assert set(scores) == means | {m + "_se" for m in means}
     assert scores[FIDELITY_BEST_MATCH] == pytest.approx(1.0, abs=1e-6)
+    assert scores[FIDELITY_BEST_MATCH + "_se"] == pytest.approx(0.0, abs=1e-6)  # every image is a reference
     assert all(isinstance(v, float) and -1.0 <= v <= 1.0 + 1e-6 for v in scores.values())
     text = scorer.text_features(["wearing a swimsuit"])
-    expected = (scorer.image_features([noise(0), noise(1)]) @ text.T).mean().item()
-    assert scores[FLEXIBILITY] == pytest.approx(expected, abs=1e-6)
+    sims = (scorer.image_features([noise(0), noise(1)]) @ text.T)[:, 0]
+    assert scores[FLEXIBILITY] == pytest.approx(sims.mean().item(), abs=1e-6)
+    assert scores[FLEXIBILITY + "_se"] == pytest.approx(sims.std().item() / 2**0.5, abs=1e-6)  # std / sqrt(n)
+    per_image = (F.normalize(scorer.image_features(REFERENCE), dim=-1) @ ref_features.T).mean(dim=1)
+    assert scores[FIDELITY + "_se"] == pytest.approx(per_image.std().item() / 2, abs=1e-6)  # 4 images
+
+
+def test_fidelity_per_image_scores_average_to_the_score(scorer, ref_features):
+    got = fidelity_scores(scorer, ref_features, {"a": [noise(3), noise(4)], "b": [noise(5)]})
+    assert len(got.per_image) == 3
+    assert sum(got.per_image) / 3 == pytest.approx(got.scores[FIDELITY], abs=1e-6)
+    assert fidelity_scores(scorer, ref_features, {"a": []}) == ({}, [])
 
 
 def test_score_checkpoint_leaves_out_groups_without_images(scorer, ref_features):
-    assert set(score_checkpoint(scorer, ref_features, {"[name]": [noise(2)]}, {})) == {
-        FIDELITY,
-        FIDELITY_BEST_MATCH,
-    }
+    one = score_checkpoint(scorer, ref_features, {"[name]": [noise(2)]}, {})
+    assert set(one) == {FIDELITY, FIDELITY_BEST_MATCH, FIDELITY + "_se", FIDELITY_BEST_MATCH + "_se"}
+    assert math.isnan(one[FIDELITY + "_se"])  # one image: no standard error
     assert score_checkpoint(scorer, ref_features, {}, {}) == {}
 
 
