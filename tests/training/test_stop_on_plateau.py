@@ -68,6 +68,12 @@ def test_a_still_rising_run_trains_to_the_end(tmp_path, tiny_parts, monkeypatch)
     assert summary["final_step"] == 12 and summary["best_step"] == 12
 
 
+def test_a_plateau_confirmed_at_the_last_step_is_no_stop(tmp_path, tiny_parts, monkeypatch):
+    scripted(monkeypatch, lambda step: 0.1 + 0.05 * min(step, 10))  # confirmed by steps 11 and 12
+    summary = train(stop_config(tmp_path), parts=tiny_parts)
+    assert (summary["plateau_step"], summary["final_step"], summary["stopped_on_plateau"]) == (10, 12, None)
+
+
 def test_without_the_switch_a_plateaued_run_goes_on(tmp_path, tiny_parts, monkeypatch):
     scripted(monkeypatch, lambda step: 0.1 + 0.05 * min(step, 4))
     summary = train(stop_config(tmp_path, "training.stop_on_plateau=false"), parts=tiny_parts)

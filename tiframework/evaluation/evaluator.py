@@ -86,7 +86,7 @@ class Evaluator:
         chosen = fidelity_scores(self.scorer, self.reference_features, selection).scores
         row: dict[str, float] = {"step": step, **held_out.scores, **flexibility_scores(self.scorer, flex),
                                  SELECT: chosen[FIDELITY], se_key(SELECT): chosen[se_key(FIDELITY)]}
-        keys = [(prompt, seed) for prompt, images in generated.items() for seed, _ in zip(e.seeds, images, strict=True)]
+        keys = [(prompt, seed) for prompt in generated for seed in e.seeds]  # generate's order
         self.last_per_image = [{"step": step, "prompt": prompt, "seed": seed, FIDELITY: value}
                                for (prompt, seed), value in zip(keys, held_out.per_image, strict=True)]
         pooled = [img for imgs in generated.values() for img in imgs]

@@ -202,10 +202,12 @@ class EvalCallback(StepCallback):
             self.best_embedding = self.keep(module, self.best_step)
 
     def _stop_if_plateau(self, module: TextualInversionModule, step: int) -> None:
+        if self.planned_steps is not None and step >= self.planned_steps:
+            return  # the run ends here anyway: nothing to stop, nothing saved
         plateau = curve_plateau(self.rows, self.cfg, samples=samples_by_step(self.per_image))
         if plateau is None or plateau.reason != "plateau" or module._trainer is None:
             return
-        saved = max(0, (self.planned_steps or step) - step)
+        saved = (self.planned_steps or step) - step
         self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step), "steps_saved": saved}
         log.info("fidelity plateaued at step %d (confirmed at %d, noise %.4f): stopping, %d planned steps saved",
                  plateau.step, step, plateau.noise, saved)
