@@ -100,3 +100,21 @@ def test_plateau_settings_come_from_the_config():
     rows = rows_of([0.1, 0.3, 0.3, 0.3], se=0.001)
     assert curve_plateau(rows, EvalConfig()).step == 40
     assert curve_plateau(rows, EvalConfig(plateau_patience=3)).reason == "still_rising"
+
+
+def test_run_curve_reads_a_run_folder_with_or_without_per_image_scores(tmp_path):
+    from tiframework.evaluation.plateau import arm_plateau
+    from tiframework.evaluation.summary import run_curve
+    from tiframework.tracking.runfolder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    rows = rows_of([0.1, 0.3, 0.32], se=0.02)
+    folder.write_eval(rows)
+    old = run_curve(folder)  # a folder from before eval_per_image.csv
+    assert (old.steps, old.scores, old.ses, old.samples) == ([0, 40, 80], [0.1, 0.3, 0.32], [0.02] * 3, None)
+    folder.write_per_image([{"step": r["step"], "prompt": "[name]", "seed": i, F: r[F] + off}
+                            for r in rows for i, off in enumerate((-0.01, 0.01))])
+    new = run_curve(folder)
+    assert new.samples == [pytest.approx([r[F] - 0.01, r[F] + 0.01]) for r in rows]
+    assert arm_plateau([old, new], resamples=20).runs == 2

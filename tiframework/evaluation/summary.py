@@ -18,7 +18,8 @@ from typing import Any
 from tiframework.config import EvalConfig
 from tiframework.evaluation.metrics import FIDELITY
 from tiframework.evaluation.noise import se_key
-from tiframework.evaluation.plateau import Plateau, find_plateau
+from tiframework.evaluation.plateau import Curve, Plateau, find_plateau
+from tiframework.tracking.runfolder import RunFolder
 
 SELECT = "select/clip_fidelity"
 BEST = f"{FIDELITY}_best"
@@ -58,6 +59,24 @@ def samples_by_step(records: list[dict[str, Any]], metric: str = FIDELITY) -> di
     return out
 
 
+def run_curve(folder: RunFolder, metric: str = FIDELITY) -> Curve:
+    """A run folder's curve of `metric` for `plateau.arm_plateau`: steps, scores, SEs (NaN in
+    folders made before they were recorded) and per-image samples (None without
+    `eval_per_image.csv`, or where it does not cover every evaluation alike)."""
+    rows = [r for r in folder.read_eval() if _finite(r.get(metric))]
+    samples = _aligned(rows, samples_by_step(folder.read_per_image(), metric))
+    return Curve([r["step"] for r in rows], [r[metric] for r in rows],
+                 [r.get(se_key(metric), math.nan) for r in rows], samples)
+
+
+def _aligned(rows: list[dict[str, float]], by_step: dict[int, list[float]] | None) -> list[list[float]] | None:
+    """Per-image samples for each row, or None unless every row has the same number of them."""
+    samples = [(by_step or {}).get(int(r["step"])) for r in rows]
+    if not rows or not all(samples) or len({len(v) for v in samples if v}) != 1:
+        return None
+    return samples  # type: ignore[return-value]
+
+
 def curve_plateau(rows: list[dict[str, float]], cfg: EvalConfig, metric: str = FIDELITY,
                   samples: dict[int, list[float]] | None = None) -> Plateau | None:
     """The plateau of `metric` over the rows (None without scores), by `plateau.find_plateau`:
@@ -66,11 +85,8 @@ def curve_plateau(rows: list[dict[str, float]], cfg: EvalConfig, metric: str = F
     points = [r for r in rows if _finite(r.get(metric))]
     if not points:
         return None
-    per_point = [(samples or {}).get(int(r["step"])) for r in points]
-    paired = all(per_point) and len({len(v) for v in per_point if v}) == 1
     return find_plateau([r["step"] for r in points], [r[metric] for r in points],
-                        [r.get(se_key(metric), math.nan) for r in points],
-                        samples=per_point if paired else None,  # type: ignore[arg-type]
+                        [r.get(se_key(metric), math.nan) for r in points], samples=_aligned(points, samples),
                         z=cfg.plateau_z, patience=cfg.plateau_patience, smoothing=cfg.plateau_smoothing)
 
 

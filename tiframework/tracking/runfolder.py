@@ -94,6 +94,13 @@ class RunFolder:
         """The whole eval table, atomically (rows may gain columns as scores appear)."""
         write_csv(self.eval_file, rows)
 
+    def read_eval(self) -> list[dict[str, float]]:
+        """The rows of eval.csv ([] without the file), numbers as floats, empty cells left out."""
+        if not self.eval_file.is_file():
+            return []
+        with self.eval_file.open(newline="", encoding="utf-8") as fh:
+            return [{k: float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(fh)]
+
     def write_per_image(self, records: list[dict[str, Any]]) -> None:
         """eval_per_image.csv, atomically: one row per (evaluation, held-out image)."""
         write_csv(self.per_image_file, records)
