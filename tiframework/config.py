@@ -143,12 +143,10 @@ class PreviewConfig(GenerationConfig):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
-# Keys that older configs (and the config.yaml of older run folders) carry: read with a
-# warning and ignored, so those runs can still be re-scored. key -> what replaced it.
-RETIRED_EVAL_KEYS = {
-    "plateau_window": "eval.plateau_patience and eval.plateau_smoothing (counted in evaluations)",
-    "plateau_epsilon": "eval.plateau_z (improvements are judged against the measured eval noise)",
-}
+# Keys of older configs (and older run folders' config.yaml): ignored with a warning, so those runs
+# can still be re-scored. key -> what replaced it.
+RETIRED_EVAL_KEYS = {"plateau_window": "eval.plateau_patience / eval.plateau_smoothing (in evaluations)",
+                     "plateau_epsilon": "eval.plateau_z (gains are judged against the measured eval noise)"}
 
 
 class LeakRule(Section):
@@ -177,45 +175,30 @@ class EvalConfig(GenerationConfig):
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
                              description="held-out seeds: every reported eval/* score is measured on these")
-    selection_seeds: list[int] | None = Field(
-        None, min_length=1,
-        description="seeds that choose the best checkpoint (select/clip_fidelity, fidelity prompts only), "
-        "disjoint from `seeds`; default: as many as `seeds`, numbered after the largest of them",
-    )
+    selection_seeds: list[int] | None = Field(None, min_length=1, description="seeds that choose the best checkpoint "
+                                              "(select/clip_fidelity; fidelity prompts only), disjoint from `seeds`; "
+                                              "default: as many as `seeds`, numbered after the largest of them")
     verdict_after: int = Field(500, ge=0, description="warn 'not learning' if fidelity is still at baseline here")
     verdict_margin: float = Field(0.01, ge=0, description="fidelity gain over step 0 that counts as learning")
     fried_threshold: float = Field(2.0, gt=0, description="warn when previews' fried score passes this")
     max_vector_norm: float | None = Field(None, gt=0, description="stop when a vector's L2 norm exceeds this")
-    plateau_z: float = Field(
-        2.0, gt=0, description="a later fidelity counts as an improvement when it is more than this many "
-        "standard errors (of a difference of two evaluations) above an earlier one",
-    )
-    plateau_patience: int = Field(
-        2, ge=1, description="evaluations after a plateau step that must not improve on it before it counts "
-        "(and before training.stop_on_plateau stops)",
-    )
-    plateau_smoothing: int = Field(
-        1, ge=1, description="centered running mean over this many evaluations (odd) before the plateau rule; "
-        "1 = none",
-    )
-    tagger: str | None = Field(
-        None, description="a local WD1.4 model.onnx (or 'toyworld', the toy world's tagger) for "
-        "eval/trait_recall and eval/trait_leak",
-    )
+    plateau_z: float = Field(2.0, gt=0, description="a later fidelity improves on an earlier one when it is more "
+                             "than this many standard errors of their (paired) difference above it")
+    plateau_patience: int = Field(2, ge=1, description="evaluations after a plateau step that must not improve on "
+                                  "it before it counts (and before training.stop_on_plateau stops)")
+    plateau_smoothing: int = Field(1, ge=1, description="centered running mean over this many evaluations (odd) "
+                                   "before the plateau rule; 1 = none")
+    tagger: str | None = Field(None, description="a local WD1.4 model.onnx (or 'toyworld', the toy world's) for "
+                               "eval/trait_recall and eval/trait_leak")
     tagger_tags: str | None = Field(None, description="the tagger's selected_tags.csv; default: beside the model")
-    tagger_threshold: float | None = Field(
-        None, ge=0, le=1, description="confidence at which a tag counts as found; default: the tag command's "
-        "general threshold (0.35)",
-    )
-    traits: list[str] | None = Field(
-        None, description="the character's trait tags for eval/trait_recall; default: the tags pruning removed "
-        "(variant.yaml of data.path)",
-    )
-    # A list, not a mapping: an override `eval.trait_leak=[]` must be able to clear it.
-    trait_leak: list[LeakRule] = Field(
-        default_factory=list, description="flexibility prompts and the tags that must not appear in their images "
-        "(eval/trait_leak), e.g. [{prompt: '[name], wearing a swimsuit', tags: [green dress]}]",
-    )
+    tagger_threshold: float | None = Field(None, ge=0, le=1, description="confidence at which a tag counts as "
+                                           "found; default: the tag command's general threshold (0.35)")
+    traits: list[str] | None = Field(None, description="the character's trait tags for eval/trait_recall; "
+                                     "default: the tags pruning removed (variant.yaml of data.path)")
+    # A list, not a mapping: an override `eval.trait_leak=[]` must be able to clear it (mappings merge).
+    trait_leak: list[LeakRule] = Field(default_factory=list, description="flexibility prompts and tags that must "
+                                       "not appear in their images (eval/trait_leak), e.g. "
+                                       "[{prompt: '[name], wearing a swimsuit', tags: [green dress]}]")
 
     @model_validator(mode="before")
     @classmethod
