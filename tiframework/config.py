@@ -45,8 +45,10 @@ class ModelConfig(Section):
         False, description="also encode training latents with `preview_vae` (not recommended: fried embeddings)"
     )
     seed: int = Field(0, description="seed for presets built with random weights")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="dtype of the frozen weights on GPU (CPU always uses float32)"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="dtype of the frozen UNet / text encoder / VAE: auto = the GPU's autocast dtype "
+        "(bfloat16 where supported, else float16; float32 with training.precision=32), float32 on a CPU; "
+        "an explicit value applies on any device. The trained vectors are always float32",
     )
 
     @model_validator(mode="after")
@@ -113,6 +115,18 @@ class TrainingConfig(Section):
         "auto", description="autocast on GPU: auto = bf16 where supported; CPU always runs float32"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute UNet and text-encoder activations in the backward pass (less memory, "
+        "slower steps): auto = on for SD-1.5-sized models on a GPU, off on a CPU and for small models",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the UNet for training steps (the first steps compile; a CPU needs a "
+        "C++ compiler)",
+    )
+    offload_vae: bool = Field(
+        True, description="on a GPU, move the VAE to the CPU once latents are cached; it comes back only to "
+        "decode previews and evaluation images",
+    )
     seed: int = Field(0, description="seeds data order, noise and timesteps (CPU runs repeat exactly)")
     stop_on_plateau: bool = Field(
         False, description="end the run once its fidelity plateau is confirmed (eval.plateau_*; needs eval.every)"

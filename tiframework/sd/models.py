@@ -30,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from tiframework.config import ModelConfig
 from tiframework.errors import UserError
+from tiframework.sd.runtime import Runtime
 from tiframework.sd.tokenizer import clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,69 @@ class SDParts:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SDParts:
         for m in self.frozen_modules():
-            current = next(m.parameters())
-            if current.device != torch.device(device) or (dtype is not None and current.dtype != dtype):
-                m.to(device=device, dtype=dtype)  # only on a change: diffusers warns on every dtype cast
+            move(m, device, dtype)
         return self
+
+    def prepare(self, runtime: Runtime) -> SDParts:
+        """Put every frozen part where and how `runtime` says, before latents are cached.
+
+        Also undoes what an earlier run on the same parts set (a sweep worker reuses them).
+        """
+        self.to(runtime.device, runtime.dtype)
+        self.set_gradient_checkpointing(runtime.gradient_checkpointing)
+        return self
+
+    def offload_vae(self) -> None:
+        """The VAEs to the CPU (latents are cached): their GPU memory goes to the training step."""
+        for vae in (self.vae, self.preview_vae):
+            if vae is not None:
+                move(vae, "cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute the UNet's and text encoder's activations in the backward pass (or stop)."""
+        if on:
+            self.unet.enable_gradient_checkpointing()  # diffusers: non-reentrant torch.utils.checkpoint
+            enable = getattr(self.text_encoder, "activation_checkpointing_enable", None)  # transformers >= 5
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.unet.disable_gradient_checkpointing()
+            disable = getattr(self.text_encoder, "activation_checkpointing_disable", None)
+            (disable or self.text_encoder.gradient_checkpointing_disable)()
+        # transformers checkpoints a layer only in training mode. The frozen encoder stays in
+        # eval mode; only the checkpointed layers' own flag is set (not `.train()`, which would
+        # reach their dropout children), so nothing but checkpointing changes.
+        for m in self.text_encoder.modules():
+            if hasattr(m, "gradient_checkpointing"):
+                m.training = on
+
+    def gradient_checkpointing(self) -> bool:
+        return bool(self.unet.is_gradient_checkpointing)
+
+    def attention(self) -> dict[str, str]:
+        """The attention implementation of each part (PyTorch SDPA is expected everywhere)."""
+        procs = {type(p).__name__ for m in (self.unet, self.vae) for p in m.attn_processors.values()}
+        return {"unet_vae": ", ".join(sorted(procs)),
+                "text_encoder": str(getattr(self.text_encoder.config, "_attn_implementation", "unknown"))}
 
     def noise_scheduler(self):
         """A fresh DDPM scheduler with the model's noise schedule, for training."""
         return DDPMScheduler.from_config(self.scheduler_config)
+
+
+def move(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> None:
+    """`module.to(device, dtype)`, only on a change (a cast copies every weight)."""
+    current, target = next(module.parameters()), torch.device(device)
+    same_device = current.device.type == target.type and target.index in (None, current.device.index)
+    if same_device and (dtype is None or current.dtype == dtype):
+        return
+    # diffusers' own `to` adds only a warning about "modules that should be kept in float32",
+    # printed on every cast even when the list is empty (as for SD 1.x's UNet and VAE).
+    torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -255,3 +311,21 @@ def load_model(cfg: ModelConfig) -> SDParts:
     for m in parts.frozen_modules():
         freeze(m)
     return parts
+
+
+def unet_config_folder(cfg: ModelConfig) -> Path:
+    """The folder whose `unet/config.json` describes the UNet `cfg` names (no weights read)."""
+    if cfg.path:
+        path = Path(cfg.path).expanduser()
+        return path if path.is_dir() else CONFIG_ROOT / "sd15"  # single files load with the SD 1.5 configs
+    return TOYWORLD_DIR if cfg.preset == "toyworld" else RANDOM_PRESETS.get(cfg.preset or "", CONFIG_ROOT / "sd15")
+
+
+def unet_parameters(cfg: ModelConfig) -> int:
+    """The UNet's parameter count from its config alone: built on the meta device, so no memory."""
+    path = unet_config_folder(cfg) / "unet" / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; fix model.path or model.preset")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_read_json(path))
+    return sum(p.numel() for p in unet.parameters())

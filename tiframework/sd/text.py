@@ -45,16 +45,15 @@ class SplicedEmbedding(nn.Module):
         return self.base.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # No data-dependent branch here (`ids` may be on a GPU: reading it back would stall
+        # every step); `encode_ids` checks placeholder ids against missing vectors on the CPU.
         vocab = self.base.num_embeddings
-        is_extra = ids >= vocab
-        out = self.base(ids.clamp(max=vocab - 1))  # (B, T, width)
-        if not bool(is_extra.any()):
-            return out
         vectors = self.slot["extra"]
         if vectors is None:
-            raise RuntimeError("placeholder ids in the prompt but no embedding vectors were given")
+            return self.base(ids)  # (B, T, width)
+        out = self.base(ids.clamp(max=vocab - 1))
         extra = vectors.to(out.dtype)[(ids - vocab).clamp(min=0, max=vectors.shape[0] - 1)]
-        return torch.where(is_extra.unsqueeze(-1), extra, out)
+        return torch.where((ids >= vocab).unsqueeze(-1), extra, out)
 
 
 def install_splice(text_encoder: nn.Module) -> SplicedEmbedding:
@@ -62,7 +61,7 @@ def install_splice(text_encoder: nn.Module) -> SplicedEmbedding:
     current = text_encoder.get_input_embeddings()
     if isinstance(current, SplicedEmbedding):
         return current
-    spliced = SplicedEmbedding(current)
+    spliced = SplicedEmbedding(current).train(current.training)  # a frozen encoder stays in eval mode
     text_encoder.set_input_embeddings(spliced)
     return spliced
 
@@ -116,6 +115,8 @@ def encode_ids(text_encoder: nn.Module, ids: torch.Tensor, clip_skip: int = 1,
     N > 1 = the output of layer -N, passed through the final layer norm.
     """
     batch, total = ids.shape
+    if vectors is None and bool((ids >= install_splice(text_encoder).num_embeddings).any()):
+        raise RuntimeError("placeholder ids in the prompt but no embedding vectors were given")
     chunks = ids.view(batch * (total // 77), 77).to(text_encoder.device)
     with spliced_vectors(text_encoder, vectors):
         out = text_encoder(chunks, output_hidden_states=clip_skip > 1)
