@@ -23,6 +23,7 @@ from tiframework.data.dataset import Item
 from tiframework.data.images import UnreadableImage, read_image
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_path
+from tiframework.sd.models import move
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,24 @@ class Latents:
     skipped: list[str]  # images whose pixels could not be decoded, with the reason
 
 
+def _encode(vae: torch.nn.Module, pixels: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std (4, h, w), float32 on the CPU.
+
+    A float16 VAE can overflow to NaN/Inf on some images (A1111's "NaNs in VAE"); such an
+    image is encoded again in float32 rather than poisoning the training latents.
+    """
+    dist = vae.encode(pixels).latent_dist
+    mean, std = (dist.mean[0] * scale).float().cpu(), (dist.std[0] * scale).float().cpu()
+    if pixels.dtype == torch.float16 and not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        log.warning("the float16 VAE overflowed on an image; encoding it in float32")
+        move(vae, pixels.device, torch.float32)
+        try:
+            return _encode(vae, pixels.float(), scale)
+        finally:
+            move(vae, pixels.device, torch.float16)
+    return mean, std
+
+
 @torch.no_grad()
 def encode_latents(items: Sequence[Item], vae: torch.nn.Module, cache_dir: str | None,
                    progress: bool = True) -> Latents:
@@ -102,8 +121,7 @@ def encode_latents(items: Sequence[Item], vae: torch.nn.Module, cache_dir: str |
                 except UnreadableImage as exc:
                     out.skipped.append(str(exc))
                     continue
-                dist = vae.encode(pixels).latent_dist
-                mean, std = (dist.mean[0] * scale).float().cpu(), (dist.std[0] * scale).float().cpu()
+                mean, std = _encode(vae, pixels, scale)
                 _MEMORY[key] = (mean, std)
                 if path is not None:
                     with atomic_path(path) as tmp:

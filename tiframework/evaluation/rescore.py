@@ -19,6 +19,7 @@ from tiframework.evaluation.evidence import save_eval_images
 from tiframework.evaluation.summary import append_row, samples_by_step, summarize
 from tiframework.sd.embeddings import create, load_embedding
 from tiframework.sd.models import load_model
+from tiframework.sd.runtime import DTYPES, detect_machine, resolve_dtype, resolve_precision
 from tiframework.tracking.runfolder import RunFolder
 
 
@@ -33,9 +34,10 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     if not found:
         raise UserError(f"{folder.embeddings}: no {cfg.embedding.name}-<step>.pt checkpoints to score")
     parts = load_model(cfg.model)
-    device = "cuda" if cfg.training.device != "cpu" and torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        parts.to(device)
+    machine = detect_machine("cpu" if cfg.training.device == "cpu" else "auto")
+    weights = resolve_dtype(cfg.model.dtype, machine, resolve_precision(cfg.training.precision, machine))
+    parts.to(machine.device, DTYPES[weights])  # as training runs them (half precision on a GPU)
+    device = machine.device
     evaluator = make_evaluator(cfg, parts, reference=reference, device=device)
     if found[0][0] != 0:
         found.insert(0, (0, create(cfg.embedding, parts).vectors))

@@ -7,13 +7,14 @@ training. The VAE decoder is used only here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import diffusers
 import torch
 from PIL import Image
 
-from tiframework.sd.models import SDParts
+from tiframework.sd.models import SDParts, move
 from tiframework.sd.text import encode_prompts
 
 SAMPLERS = {
@@ -51,17 +52,37 @@ def generate(parts: SDParts, prompts: Sequence[str], seeds: Sequence[int], *, na
     dtype = next(parts.unet.parameters()).dtype
     width, height = width or parts.native_size, height or parts.native_size
     out = []
-    for prompt in prompts:
-        text = prompt.replace("[name]", name or "")
-        # Encode prompt and negative together so both get the same number of 77-token chunks.
-        embeds = encode_prompts(parts, [text, negative_prompt], clip_skip, name, vectors).to(dtype)
-        # All seeds in one call: one generator per image gives each seed exactly the
-        # starting noise it gets alone, at a fraction of the per-call overhead.
-        n = len(seeds)
-        result = pipe(
-            prompt_embeds=embeds[:1].expand(n, -1, -1), negative_prompt_embeds=embeds[1:].expand(n, -1, -1),
-            num_inference_steps=steps, guidance_scale=guidance_scale, width=width, height=height,
-            generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds], output_type="pil",
-        )
-        out.append(list(result.images))
+    with decoder_beside_unet(pipe.vae, parts.unet.device, dtype):
+        for prompt in prompts:
+            text = prompt.replace("[name]", name or "")
+            # Encode prompt and negative together so both get the same number of 77-token chunks.
+            embeds = encode_prompts(parts, [text, negative_prompt], clip_skip, name, vectors).to(dtype)
+            # All seeds in one call: one generator per image gives each seed exactly the
+            # starting noise it gets alone, at a fraction of the per-call overhead.
+            n = len(seeds)
+            result = pipe(
+                prompt_embeds=embeds[:1].expand(n, -1, -1), negative_prompt_embeds=embeds[1:].expand(n, -1, -1),
+                num_inference_steps=steps, guidance_scale=guidance_scale, width=width, height=height,
+                generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds], output_type="pil",
+            )
+            out.append(list(result.images))
     return out
+
+
+@contextlib.contextmanager
+def decoder_beside_unet(vae: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """The VAE on the UNet's device (and in its dtype) for the call, back on its own device after.
+
+    Training on a GPU keeps the VAE on the CPU once latents are cached (its memory goes to
+    the training step); previews and evaluation borrow it. On a GPU it decodes one image at
+    a time (diffusers' slicing): a batch of 512 px images at once can need more memory
+    than the training step itself.
+    """
+    home = next(vae.parameters()).device
+    if device.type == "cuda":
+        vae.enable_slicing()
+    move(vae, device, dtype)
+    try:
+        yield
+    finally:
+        move(vae, home)

@@ -24,11 +24,19 @@ log = logging.getLogger(__name__)
 
 
 class TextualInversionModule(pl.LightningModule):
+    """The training step. The frozen parts must already be placed (`SDParts.prepare`):
+    the module trains the vectors and nothing else; `compile_unet` runs the UNet through
+    `torch.compile` in training steps (previews and evaluation use the plain module)."""
+
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, init_vectors: torch.Tensor,
-                 start_step: int = 0, optimizer_state: dict | None = None):
+                 start_step: int = 0, optimizer_state: dict | None = None, compile_unet: bool = False):
         super().__init__()
         self.cfg = cfg
         self.parts = parts
+        # The frozen UNet's call (compiled or not): a bound method, not a submodule, so
+        # state_dict() still holds only the vectors.
+        self.run_unet = (torch.compile(parts.unet) if compile_unet else parts.unet).__call__
+        # float32 whatever the frozen weights are: AdamW's moments follow the parameter's dtype.
         self.vectors = torch.nn.Parameter(init_vectors.detach().clone().float())  # (VPT, width)
         self.start_step = start_step
         self.optimizer_state = optimizer_state
@@ -64,10 +72,6 @@ class TextualInversionModule(pl.LightningModule):
 
     # --- the loss -------------------------------------------------------------------------
 
-    def on_fit_start(self) -> None:
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.cfg.model.dtype]
-        self.parts.to(self.device, dtype if self.device.type == "cuda" else torch.float32)
-
     def noise_loss(self, batch: dict) -> torch.Tensor:
         latents = batch["latents"].to(self.device)  # (B, 4, h, w)
         unet_dtype = next(self.parts.unet.parameters()).dtype
@@ -81,7 +85,7 @@ class TextualInversionModule(pl.LightningModule):
         noisy = self.noise_scheduler.add_noise(latents, noise, steps)
         cond = encode_prompts(self.parts, batch["prompts"], self.cfg.model.clip_skip,
                               self.cfg.embedding.name, self.vectors)  # (B, 77*chunks, width)
-        pred = self.parts.unet(noisy.to(unet_dtype), steps, cond.to(unet_dtype)).sample
+        pred = self.run_unet(noisy.to(unet_dtype), steps, cond.to(unet_dtype)).sample
         if self.parts.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, steps)
         else:

@@ -33,6 +33,7 @@ from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.sd.embeddings import create, load_embedding
 from tiframework.sd.models import SDParts, load_model
+from tiframework.sd.runtime import Runtime, detect_machine, resolve_runtime
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training import callbacks as cb
@@ -69,20 +70,10 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
     return Start(emb.vectors, emb.step, state)
 
 
-def _precision(cfg: ExperimentConfig, accelerator: str) -> str:
-    if accelerator != "gpu":
-        return "32-true"
-    p = cfg.training.precision
-    if p == "auto":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[p]
-
-
-def _accelerator(cfg: ExperimentConfig) -> str:
-    device = cfg.training.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("training.device: cuda was asked for but no GPU is visible; use training.device=auto")
-    return "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+def run_runtime(cfg: ExperimentConfig, parts: SDParts) -> Runtime:
+    """The run's resolved device choices (dtype, precision, checkpointing, ...) on this machine."""
+    unet_parameters = sum(p.numel() for p in parts.unet.parameters())
+    return resolve_runtime(cfg, detect_machine(cfg.training.device), unet_parameters)
 
 
 def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -> list[str]:
@@ -145,11 +136,11 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
     return Watchers(saver, guard, evaluation, found)
 
 
-def _trainer(cfg: ExperimentConfig, accelerator: str, steps: int, callbacks: list, tracker: Tracker) -> pl.Trainer:
+def _trainer(cfg: ExperimentConfig, runtime: Runtime, steps: int, callbacks: list, tracker: Tracker) -> pl.Trainer:
     t = cfg.training
     clip = t.grad_clip != "none"
     return pl.Trainer(
-        accelerator=accelerator, devices=1, precision=_precision(cfg, accelerator),
+        accelerator="gpu" if runtime.device == "cuda" else "cpu", devices=1, precision=runtime.precision,
         max_steps=steps, max_epochs=1, accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip_value if clip else None, gradient_clip_algorithm=t.grad_clip if clip else None,
         logger=tracker.logger or False, callbacks=callbacks, enable_checkpointing=False,
@@ -159,7 +150,7 @@ def _trainer(cfg: ExperimentConfig, accelerator: str, steps: int, callbacks: lis
 
 
 def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, watchers: Watchers,
-            skipped: list[str]) -> tuple[dict[str, Any], Path]:
+            skipped: list[str], runtime: Runtime) -> tuple[dict[str, Any], Path]:
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
@@ -170,7 +161,7 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     summary: dict[str, Any] = {
         "run_dir": str(folder.path), "embedding": str(final), "final_step": final_step,
         "final_loss": module.last_loss, "vector_norms": module.vector_norms(), "stopped": watchers.guard.stop_reason,
-        "skipped_images": skipped,
+        "skipped_images": skipped, "runtime": runtime.describe() | {"attention": module.parts.attention()},
     }
     if watchers.evaluation is not None:
         summary.update(watchers.evaluation.summary())
@@ -196,34 +187,34 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     total = total_steps(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
-    accelerator = _accelerator(cfg)
+    runtime = run_runtime(cfg, parts)
     items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
     start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
     if start.step >= total:
         raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
                         "raise training.max_steps or extend training.learning_rate")
-    device = "cuda" if accelerator == "gpu" else "cpu"
-    evaluator = make_evaluator(cfg, parts, device=device) if cfg.eval.every else None
+    evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
 
     folder = RunFolder.create(cfg)
     tracker = Tracker(cfg, folder.path)
     try:
-        if accelerator == "gpu":
-            parts.vae.to("cuda")
+        parts.prepare(runtime)
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+        if runtime.offload_vae:
+            parts.offload_vae()  # back on the GPU only to decode previews and eval images
         loader = _loader(cfg, latents, start.step, total)
-        module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state)
+        module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
+                                        compile_unet=runtime.compile)
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
                               extra_callbacks or [])
-        trainer = _trainer(cfg, accelerator, total - start.step, watchers.all, tracker)
+        trainer = _trainer(cfg, runtime, total - start.step, watchers.all, tracker)
         torch.manual_seed(cfg.training.seed)
-        log.info("training %s on %s (%s), %d steps", cfg.embedding.name, accelerator, trainer.precision,
-                 total - start.step)
+        log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped)
+        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime)
         tracker.finish(summary, final)
         folder.write_summary(summary)
         return summary
