@@ -23,8 +23,38 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    print(to_yaml(cfg), end="")
+    if not args.no_resolve:
+        print(resolved_comment(cfg))
     return 0
+
+
+def resolved_comment(cfg) -> str:
+    """What the `auto` choices become on this machine (and on a GPU, when this one has none),
+    as YAML comments, so the printed config still loads."""
+    # torch and diffusers: imported here, so `config keys` and --help stay fast
+    from tiframework.errors import UserError
+    from tiframework.sd.models import unet_parameters
+    from tiframework.sd.runtime import Machine, detect_machine, resolve_runtime
+
+    try:
+        params = unet_parameters(cfg.model)
+        size = f"{params / 1e6:.1f}M UNet parameters"
+    except UserError as exc:
+        params, size = 0, f"UNet size unknown: {exc}"
+    here = detect_machine(cfg.training.device if cfg.training.device != "cuda" else "auto")
+    machines = [here] if here.device == "cuda" else [here, Machine.cuda(bf16=True, name="a CUDA GPU with bf16 (float16 without)")]
+    model = cfg.model.path or f"preset {cfg.model.preset}"
+    lines = [f"# resolved for {model} ({size}):"]
+    for machine in machines:
+        rt = resolve_runtime(cfg, machine, params)
+        lines.append(f"#   on {machine.name if machine.device == 'cuda' else 'this CPU'}: "
+                     f"model.dtype={rt.weight_dtype} training.precision={rt.precision} "
+                     f"training.gradient_checkpointing={str(rt.gradient_checkpointing).lower()} "
+                     f"training.compile={str(rt.compile).lower()} "
+                     f"VAE {'offloaded after latent caching' if rt.offload_vae else 'kept in place'}")
+    return "\n".join(lines)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -49,6 +79,8 @@ def register(subparsers) -> None:
     s = csub.add_parser("show", help="print the resolved config (extends + overrides applied)")
     s.add_argument("config", nargs="?", help="experiment YAML (default: built-in defaults)")
     s.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    s.add_argument("--no-resolve", action="store_true",
+                   help="only the config, without the comment saying what the 'auto' choices resolve to")
     s.set_defaults(func=_show)
     k = csub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=_keys)
