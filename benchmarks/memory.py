@@ -26,11 +26,8 @@ import torch
 
 from tiframework.config import ExperimentConfig, load_config
 from tiframework.sd.models import load_model
-from tiframework.training.memory import (
-    autocast_mismatches,
-    estimate_step_memory,
-    measure_step_memory,
-)
+from tiframework.training.fakestep import autocast_mismatches
+from tiframework.training.memory import estimate_step_memory, measure_step_memory
 
 VARIANTS = {
     "fp32": ["model.dtype=float32", "training.gradient_checkpointing=false", "training.offload_vae=false"],

@@ -39,12 +39,3 @@ def test_checkpointing_and_half_weights_shrink_the_estimate():
     gpu = memory.estimate_step_memory(tiny(), 32, 2)
     assert (gpu.runtime.weight_dtype, gpu.runtime.offload_vae) == ("bfloat16", True)
     assert gpu.by_kind["Parameter"] < half.by_kind["Parameter"]  # the VAE is not counted
-
-
-def test_cuda_autocast_emulation_matches_cuda_autocast(monkeypatch):
-    compared, diffs = memory.autocast_mismatches(tiny(), 32)
-    assert compared > 100 and diffs == []
-    # ...and the check can fail: without the emulation, CPU autocast keeps the norms in bf16.
-    monkeypatch.setattr(memory, "_FP32_OPS", ())
-    _, diffs = memory.autocast_mismatches(tiny(), 32)
-    assert any("norm" in d for d in diffs)
