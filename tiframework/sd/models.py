@@ -207,13 +207,29 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
 
 def build_random(preset: str, seed: int = 0) -> SDParts:
     """A preset from its shipped configs with seeded random weights (no files needed)."""
-    folder = RANDOM_PRESETS[preset]
+    return _random_from(RANDOM_PRESETS[preset], f"preset:{preset}", seed, _tokenizer_for(None))
+
+
+def _random_from(folder: Path, source: str, seed: int, tokenizer: Any) -> SDParts:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(_read_json(folder / "unet" / "config.json"))
     vae = AutoencoderKL.from_config(_read_json(folder / "vae" / "config.json"))
     text_cfg = CLIPTextConfig(**_read_json(folder / "text_encoder" / "config.json"))
     text_encoder = CLIPTextModel(text_cfg)
-    return _assemble(folder, _tokenizer_for(None), text_encoder, unet, vae, f"preset:{preset}")
+    return _assemble(folder, tokenizer, text_encoder, unet, vae, source)
+
+
+def build_architecture(cfg: ModelConfig) -> SDParts:
+    """The model `cfg` names, built from its configs with random weights, frozen: no weight
+    file is read. For what needs shapes, not values (memory and FLOP estimates)."""
+    if cfg.preset in RANDOM_PRESETS and not cfg.path:
+        parts = build_random(cfg.preset, cfg.seed)
+    else:
+        folder = unet_config_folder(cfg)
+        parts = _random_from(folder, cfg.path or f"preset:{cfg.preset}", cfg.seed, _tokenizer_for(folder))
+    for m in parts.frozen_modules():
+        freeze(m)
+    return parts
 
 
 def load_diffusers_folder(folder: Path, source: str | None = None) -> SDParts:

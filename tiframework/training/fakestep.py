@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tiframework.config import ExperimentConfig, with_overrides
-from tiframework.sd.models import SDParts, load_model, unet_parameters
+from tiframework.sd.models import SDParts, build_architecture, unet_parameters
 from tiframework.sd.runtime import Machine, Runtime, resolve_runtime
 from tiframework.training.module import TextualInversionModule
 
@@ -144,7 +144,7 @@ def autocast_mismatches(cfg: ExperimentConfig, size: int, batch: int = 1) -> tup
     for device in ("cuda", "cpu"):
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         with fake_default_dtype(torch.bfloat16), mode, torch.device(device):
-            parts = load_model(cfg.model)
+            parts = build_architecture(cfg.model)
         with mode, PlaceholderScalars():
             module = TextualInversionModule(cfg, parts, torch.zeros(cfg.embedding.vectors_per_token, parts.width,
                                                                     device=device))
@@ -216,10 +216,11 @@ def run_steps(module: TextualInversionModule, batch: dict, context_factory: Call
 
 
 def fake_parts(cfg: ExperimentConfig, runtime: Runtime, mode: FakeTensorMode) -> SDParts:
-    """The frozen model of `cfg` on fake CPU tensors, in the dtype `runtime` gives it, prepared
-    as `train` prepares it (`prepare` finds nothing to move)."""
+    """The frozen model of `cfg` on fake CPU tensors (its architecture: no weight file is read),
+    in the dtype `runtime` gives it, prepared as `train` prepares it (`prepare` finds nothing
+    to move)."""
     with fake_default_dtype(runtime.dtype), mode:
-        parts = load_model(cfg.model)
+        parts = build_architecture(cfg.model)
     with mode:
         parts.prepare(dataclasses.replace(runtime, device="cpu"))
     return parts
@@ -248,11 +249,16 @@ CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cp
                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
 
 
-def step_flops(cfg: ExperimentConfig, size: int, batch: int) -> int:
-    """Model FLOPs of one training step (text encoder and UNet, forward and backward), counted
-    by torch's `FlopCounterMode` on fake tensors. Counted without gradient checkpointing: MFU
-    counts the model's arithmetic, not the recomputation a memory saving adds."""
-    cfg = with_overrides(cfg, {"training.gradient_checkpointing": False})
+def step_flops(cfg: ExperimentConfig, size: int, batch: int, recompute: bool = False) -> int:
+    """FLOPs of one training step (text encoder and UNet, forward and backward) on a GPU,
+    counted by torch's `FlopCounterMode` on fake tensors.
+
+    By default the model's FLOPs, without gradient checkpointing (MFU counts the model's
+    arithmetic, not the recomputation a memory saving adds); `recompute=True` counts the
+    step as `cfg` runs it, recomputation included.
+    """
+    if not recompute:
+        cfg = with_overrides(cfg, {"training.gradient_checkpointing": False})
     runtime = resolve_runtime(cfg, Machine.cuda(bf16=True), unet_parameters(cfg.model))
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     parts = fake_parts(cfg, runtime, mode)
