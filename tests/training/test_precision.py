@@ -12,7 +12,6 @@ while a run with another seed (other data order and noise) lands well outside th
 
 from __future__ import annotations
 
-import pytest
 import torch
 from runs import shrunk_quickstart as config
 
@@ -31,7 +30,6 @@ def distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.slow
 def test_checkpointing_and_half_weights_learn_the_same_update(tmp_path, make_tiny_parts):
     plain, runtime = update(tmp_path, make_tiny_parts, "plain")
     assert (runtime["weight_dtype"], runtime["gradient_checkpointing"]) == ("float32", False)
