@@ -112,9 +112,10 @@ class TrainingConfig(Section):
     grad_clip_value: float = Field(1.0, gt=0, description="max norm, or max absolute value, for grad_clip")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (A1111 uses 0)")
     precision: Literal["auto", "32", "bf16", "fp16"] = Field(
-        "auto", description="autocast on GPU: auto = bf16 where supported; CPU always runs float32"
+        "auto", description="autocast on a GPU: auto = bf16 where supported, else fp16 (with a loss scaler); "
+        "a CPU runs without autocast"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU when one is visible")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="recompute UNet and text-encoder activations in the backward pass (less memory, "
         "slower steps): auto = on for SD-1.5-sized models on a GPU, off on a CPU and for small models",

@@ -50,3 +50,12 @@ def test_checkpointing_and_half_weights_learn_the_same_update(tmp_path, make_tin
 
     other, _ = update(tmp_path, make_tiny_parts, "other-seed", "training.seed=1")
     assert distance(other, plain) > 0.3
+
+
+def test_a_compiled_unet_is_not_part_of_the_state(tmp_path, tiny_parts):
+    from tiframework.training.module import TextualInversionModule
+
+    module = TextualInversionModule(config(tmp_path), tiny_parts, torch.zeros(4, tiny_parts.width),
+                                    compile_unet=True)  # torch.compile is lazy: nothing compiles here
+    assert list(module.state_dict()) == ["vectors"]
+    assert [n for n, _ in module.named_parameters()] == ["vectors"]
