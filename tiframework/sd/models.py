@@ -102,7 +102,8 @@ class SDParts:
     def prepare(self, runtime: Runtime) -> SDParts:
         """Put every frozen part where and how `runtime` says, before latents are cached.
 
-        Also undoes what an earlier run on the same parts set (a sweep worker reuses them).
+        Every run calls it: a sweep worker's parts still carry the previous run's placement
+        and checkpointing, which this run's settings may not share.
         """
         self.to(runtime.device, runtime.dtype)
         self.set_gradient_checkpointing(runtime.gradient_checkpointing)
