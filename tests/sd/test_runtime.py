@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -127,3 +129,24 @@ def test_gradient_checkpointing_recomputes_unet_and_text_encoder_blocks(make_tin
     parts.set_gradient_checkpointing(False)
     assert step() == [1, 1, 1]
     assert [n for n, m in parts.text_encoder.named_modules() if m.training] == []
+
+
+def test_attention_is_pytorch_sdpa_everywhere(tiny_parts):
+    # diffusers' AttnProcessor2_0 calls F.scaled_dot_product_attention; transformers' "sdpa" too.
+    assert tiny_parts.attention() == {"unet_vae": "AttnProcessor2_0", "text_encoder": "sdpa"}
+
+
+def test_config_show_prints_the_resolved_choices_as_comments(capsys):
+    import yaml
+
+    from tiframework.cli import main
+    from tiframework.config import config_from_dict
+
+    quickstart = Path(__file__).parents[2] / "experiments" / "quickstart.yaml"
+    assert main(["config", "show", str(quickstart), "model.preset=sd15-random", "training.device=cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "# resolved for preset sd15-random (859.5M UNet parameters):" in out
+    assert "#   on this CPU: model.dtype=float32 training.precision=32-true " \
+           "training.gradient_checkpointing=false" in out
+    assert "model.dtype=bfloat16 training.precision=bf16-mixed training.gradient_checkpointing=true" in out
+    assert config_from_dict(yaml.safe_load(out)).model.dtype == "auto"  # the comments leave a loadable config
