@@ -132,7 +132,8 @@ def measure_step_memory(cfg: ExperimentConfig, size: int, batch: int, parts: SDP
     data = step_batch(parts, cfg, size, batch, "cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    run_steps(module, data, lambda: forward_context(runtime, fake_cpu=False), steps)
+    with quiet_step():
+        run_steps(module, data, lambda: forward_context(runtime, fake_cpu=False), steps)
     torch.cuda.synchronize()
     return StepMemory(torch.cuda.max_memory_allocated(), {}, "measured-cuda", runtime)
 
