@@ -1,13 +1,43 @@
-"""Atomic writes: a crash never leaves a half-written file or folder behind."""
+"""Atomic writes: a crash never leaves a half-written file or folder behind.
+
+Temporary files and folders are made private (0600 / 0700) by `tempfile`; before one
+takes its final name it gets the mode a plain `open()` / `mkdir()` would have given it
+(the user's umask, or the mode of the file it replaces), so another user's A1111 or
+ComfyUI can read what we write wherever the user's own files are readable.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it briefly (under a lock)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _publish_mode(tmp: Path, final: Path, base: int) -> None:
+    """Give `tmp` the mode `final` has, or `base` minus the umask for a new file."""
+    try:
+        mode = stat.S_IMODE(final.stat().st_mode)
+    except FileNotFoundError:
+        mode = base & ~current_umask()
+    os.chmod(tmp, mode)
 
 
 @contextlib.contextmanager
@@ -24,6 +54,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _publish_mode(tmp_path, final, 0o666)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -52,6 +83,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        _publish_mode(tmp, final, 0o777)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             if old.exists():
