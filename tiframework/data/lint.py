@@ -29,7 +29,7 @@ from tiframework.data.images import (
     split_tags,
 )
 from tiframework.errors import UserError
-from tiframework.sd.names import name_pattern
+from tiframework.sd.names import check_name_text, name_pattern
 
 # Training fits images within 512 px; a shorter side under 256 px means the image is
 # upscaled more than 2x in that direction, which teaches the embedding blur.
@@ -69,6 +69,8 @@ def lint_dataset(
 
     `hash_distance` None (or negative) turns the near-duplicate check off.
     """
+    if embedding_name is not None:
+        embedding_name = check_name_text(embedding_name, "--name")  # the rule training applies
     images = list_images(folder)
     if not images:
         return [Finding("error", "no-images", "", f"{folder}: no images to train on")]
