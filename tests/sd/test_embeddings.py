@@ -230,7 +230,7 @@ def test_vectors_per_token_out_of_range(tiny_parts, vpt):
         make("zorblax", "", vpt, tiny_parts)
 
 
-@pytest.mark.parametrize("name", ["1girl", "1GIRL", "Red Eyes"])
+@pytest.mark.parametrize("name", ["1girl", "1GIRL", "1Girl"])
 def test_name_that_is_a_dataset_tag_is_refused(tmp_path, tiny_parts, name):
     data = make_dataset(tmp_path / "data", {"a": "solo, smile", "b": "1girl, solo, red eyes"})
     with pytest.raises(UserError, match=r"word of the dataset's captions \(b\."):
@@ -320,7 +320,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         Path(f).write_bytes(b"PK\x03\x04 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(E, "save_pickle", broken_save)
     with pytest.raises(OSError):
         save_embedding(sample_embedding(), tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []

@@ -13,14 +13,15 @@ the extension alone):
   `load_textual_inversion` reads (`.safetensors`, or a pickled `.bin`/`.pt`). A
   pickled one has room for nothing else, so it keeps only the name and vectors.
 
-Pickles are read with `torch.load(weights_only=True)`: a file that would run code on
-load is refused, never executed. Every write goes through `atomic_path`, so a crash
-or an error leaves either the old file or none, never half of one.
+Pickles are written so that stock A1111's safe unpickler admits them and read without
+running code (`sd.torchfiles`: torch's weights_only loader, then A1111's allow-list for
+A1111-era files); A1111's PNG embeddings are read too (`sd.pngembed`). Every write goes
+through `atomic_path`, so a crash or an error leaves either the old file or none, never
+half of one.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,16 @@ from safetensors.torch import save_file
 from tiframework.config import EmbeddingConfig, EmbeddingFormat
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_path
-from tiframework.sd.names import name_pattern
+from tiframework.sd.names import check_name_text, name_pattern, tokenizer_view
+from tiframework.sd.pngembed import is_png, read_png_embedding
 from tiframework.sd.text import prompt_token_ids
+from tiframework.sd.torchfiles import load_pickle, save_pickle
 
 FORMATS: tuple[str, ...] = get_args(EmbeddingFormat)
 SUFFIX_FORMATS = {".pt": "a1111-pt", ".safetensors": "a1111-safetensors", ".bin": "diffusers"}
 A1111_TOKEN = 265  # A1111 writes this placeholder id into every .pt; readers ignore it
-MODEL_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL (OpenCLIP bigG)", 2048: "SDXL", 32: "the tiny test preset"}
+MODEL_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL (OpenCLIP bigG)", 2048: "SDXL",
+                  64: "the toy world (model.preset toyworld)", 32: "the tiny test preset"}
 
 
 @dataclass(eq=False)  # tensors have no single truth value; compare `vectors` with torch.equal
@@ -84,27 +88,26 @@ def family(width: int) -> str:
 # ---------------------------------------------------------------------------- creation
 
 
-def check_name(name: str, tokenizer: Any, captions: Mapping[str, str | None] | None = None) -> str:
-    """The cleaned name, or a UserError when prompts could not tell it apart.
+def check_name(name: str, tokenizer: Any, captions: Mapping[str, str | None] | None = None,
+               what: str = "embedding name") -> str:
+    """The cleaned name, or a UserError when files or prompts could not tell it apart.
 
-    A name that is already one vocabulary word (`miku`) or a word of the dataset's
-    captions (`1girl`) would replace that word everywhere: the guide's "don't name it
-    1girl". `captions` maps file names to caption text; a caption "contains" the name
-    exactly where training would splice the embedding in (`text.name_pattern`).
+    The characters and length follow `names.check_name_text` (one rule everywhere). A name
+    that is already one vocabulary word (`miku`, also when written `ｍｉｋｕ`: the tokenizer
+    reads what ftfy and NFKC make of it) or a word of the dataset's captions (`1girl`) would
+    replace that word everywhere: the guide's "don't name it 1girl". `captions` maps file
+    names to caption text; a caption "contains" the name exactly where training would splice
+    the embedding in (`names.name_pattern`).
     """
-    clean = name.strip()
-    if not clean:
-        raise UserError("embedding name is empty; pick a made-up word such as 'mychar'")
-    if "," in clean:
-        raise UserError(f"embedding name {name!r} contains a comma; captions are split at commas, so "
-                        "the name would be split too; remove it")
-    if _is_vocab_word(clean, tokenizer):
-        raise UserError(f"embedding name {clean!r} is already a word in CLIP's vocabulary, so prompts that "
-                        f"mean the word would get the embedding; pick a made-up name such as '{clean}_ti'")
+    seen = tokenizer_view(name.strip())
+    if seen and _is_vocab_word(seen, tokenizer):
+        raise UserError(f"{what} {name.strip()!r} is already a word in CLIP's vocabulary ({seen!r}), so prompts "
+                        f"that mean the word would get the embedding; pick a made-up name such as '{seen}_ti'")
+    clean = check_name_text(name, what)
     hits = [file for file, text in (captions or {}).items() if text and name_pattern(clean).search(text)]
     if hits:
         more = f" and {len(hits) - 3} more" if len(hits) > 3 else ""
-        raise UserError(f"embedding name {clean!r} is a word of the dataset's captions ({', '.join(hits[:3])}{more}); "
+        raise UserError(f"{what} {clean!r} is a word of the dataset's captions ({', '.join(hits[:3])}{more}); "
                         "every caption with that word would train the embedding; pick another name")
     return clean
 
@@ -201,7 +204,7 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None) -> 
                     "sd_checkpoint_name": emb.sd_checkpoint_name}
             save_file(payload, str(tmp), metadata={k: v for k, v in meta.items() if v is not None})
         else:
-            torch.save(payload, tmp)
+            save_pickle(payload, tmp)
     return path
 
 
@@ -209,28 +212,18 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None) -> 
 
 
 def _sniff(path: Path) -> str:
-    """'pickle' (torch zip or legacy pickle) or 'safetensors', from the first bytes."""
+    """'pickle' (torch zip or legacy pickle), 'safetensors' or 'png', from the first bytes."""
     with open(path, "rb") as fh:
         head = fh.read(9)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
     if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
         return "safetensors"
-    raise UserError(f"{path}: not an embedding file (neither safetensors nor a PyTorch .pt/.bin)")
-
-
-def _read_pickle(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():  # torch's refusal, not a damaged file
-            raise UserError(
-                f"{path}: refused to load: the file holds pickled code or objects, not just tensors "
-                "(a safe embedding never does); get the embedding from a trusted source or as .safetensors"
-            ) from None
-        raise UserError(f"{path}: corrupt or truncated embedding file ({exc})") from None
-    except Exception as exc:  # truncated zips, bad headers: torch raises RuntimeError/EOFError/...
-        raise UserError(f"{path}: corrupt or truncated embedding file ({type(exc).__name__})") from None
+    if is_png(path):
+        return "png"
+    size = path.stat().st_size
+    what = "an empty file (0 bytes)" if size == 0 else "neither safetensors, a PyTorch .pt/.bin nor an A1111 PNG"
+    raise UserError(f"{path}: not an embedding file ({what})")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -243,12 +236,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, meta
 
 
-def _as_vectors(path: Path, value: Any) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2):
+def _as_vectors(path: Path, value: Any, finite: bool = True) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise UserError(f"{path}: embedding vectors must be (n_vectors, width), found {shape}")
+        raise UserError(f"{path}: embedding vectors must be (n_vectors, width) floats, found {shape}")
     # Old sd-concepts-library files hold one vector as (width,).
-    return (value.unsqueeze(0) if value.ndim == 1 else value).detach().to(torch.float32).clone()
+    vectors = (value.unsqueeze(0) if value.ndim == 1 else value).detach().to(torch.float32).clone()
+    if finite and not torch.isfinite(vectors).all():
+        bad = int((~torch.isfinite(vectors)).any(dim=1).sum())
+        raise UserError(f"{path}: {bad} of its {vectors.shape[0]} vectors hold NaN/Inf values (a run that "
+                        "diverged); use an earlier checkpoint")
+    return vectors
 
 
 def _int_or_zero(value: Any) -> int:
@@ -258,22 +256,27 @@ def _int_or_zero(value: Any) -> int:
         return 0
 
 
-def _from_a1111_dict(path: Path, data: dict[str, Any]) -> Embedding:
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _from_a1111_dict(path: Path, data: dict[str, Any], file_format: str, finite: bool) -> Embedding:
     params = data["string_to_param"]
-    params = getattr(params, "_parameters", params)  # very old torch saved a ParameterDict
+    params = getattr(params, "_parameters", params)  # torch 1.11 files hold a ParameterDict
     if not isinstance(params, dict) or len(params) != 1:
-        raise UserError(f"{path}: A1111 embedding must hold exactly one vector set, found {len(params)}")
+        found = len(params) if isinstance(params, dict) else type(params).__name__
+        raise UserError(f"{path}: A1111 embedding must hold exactly one vector set, found {found}")
     return Embedding(
         name=str(data.get("name") or path.stem),
-        vectors=_as_vectors(path, next(iter(params.values()))),
+        vectors=_as_vectors(path, next(iter(params.values())), finite),
         step=_int_or_zero(data.get("step")),
-        sd_checkpoint=data.get("sd_checkpoint"),
-        sd_checkpoint_name=data.get("sd_checkpoint_name"),
-        file_format="a1111-pt",
+        sd_checkpoint=_text_or_none(data.get("sd_checkpoint")),
+        sd_checkpoint_name=_text_or_none(data.get("sd_checkpoint_name")),
+        file_format=file_format,
     )
 
 
-def _from_tensor_dict(path: Path, tensors: dict[str, Any], meta: dict[str, str]) -> Embedding:
+def _from_tensor_dict(path: Path, tensors: dict[str, Any], meta: dict[str, str], finite: bool = True) -> Embedding:
     if "clip_g" in tensors and "clip_l" in tensors:
         raise UserError(f"{path}: this embedding is for SDXL (clip_g + clip_l); tiframework works with SD 1.x")
     if len(tensors) != 1:
@@ -284,7 +287,7 @@ def _from_tensor_dict(path: Path, tensors: dict[str, Any], meta: dict[str, str])
     return Embedding(
         # diffusers uses the key as the prompt token; A1111 files carry the name beside it.
         name=(meta.get("name") or path.stem) if a1111 else str(key),
-        vectors=_as_vectors(path, value),
+        vectors=_as_vectors(path, value, finite),
         step=_int_or_zero(meta.get("step")),
         sd_checkpoint=meta.get("sd_checkpoint"),
         sd_checkpoint_name=meta.get("sd_checkpoint_name"),
@@ -292,19 +295,26 @@ def _from_tensor_dict(path: Path, tensors: dict[str, Any], meta: dict[str, str])
     )
 
 
-def load_embedding(path: str | Path, expected_width: int | None = None) -> Embedding:
-    """Read any supported embedding file; check its width against the model's when given."""
+def load_embedding(path: str | Path, expected_width: int | None = None, finite: bool = True) -> Embedding:
+    """Read any supported embedding file (A1111 .pt/.safetensors/.png, diffusers); check its
+    width against the model's when given. `finite=False` lets `inspect` show NaN vectors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: embedding file not found")
-    if _sniff(path) == "safetensors":
-        emb = _from_tensor_dict(path, *_read_safetensors(path))
+    kind = _sniff(path)
+    if kind == "safetensors":
+        emb = _from_tensor_dict(path, *_read_safetensors(path), finite=finite)
+    elif kind == "png":
+        data = read_png_embedding(path)
+        if "string_to_param" not in data:
+            raise UserError(f"{path}: the image's embedding data has no 'string_to_param'")
+        emb = _from_a1111_dict(path, data, "a1111-png", finite)
     else:
-        data = _read_pickle(path)
+        data = load_pickle(path)
         if isinstance(data, dict) and "string_to_param" in data:
-            emb = _from_a1111_dict(path, data)
+            emb = _from_a1111_dict(path, data, "a1111-pt", finite)
         elif isinstance(data, dict):
-            emb = _from_tensor_dict(path, data, {})
+            emb = _from_tensor_dict(path, data, {}, finite)
         else:
             raise UserError(f"{path}: not an embedding: the file holds a {type(data).__name__}, not a dict")
     if expected_width is not None and emb.width != expected_width:

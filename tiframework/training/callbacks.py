@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from tqdm.auto import tqdm
 
 from tiframework.config import EvalConfig
@@ -26,9 +25,9 @@ from tiframework.evaluation.evaluator import Evaluator
 from tiframework.evaluation.evidence import save_eval_images
 from tiframework.evaluation.metrics import FIDELITY
 from tiframework.evaluation.summary import append_row, best_row, curve_plateau, samples_by_step, summarize
-from tiframework.fileio import atomic_path
 from tiframework.sd.embeddings import Embedding, save_embedding
 from tiframework.sd.generate import generate, make_pipeline
+from tiframework.sd.optimizer_state import save_optimizer_state
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import save_previews
@@ -55,8 +54,11 @@ class StepCallback(pl.Callback):
 class EmbeddingSaver(StepCallback):
     """`<name>-<step>.pt` + `.safetensors` every `every` steps, optimizer state beside them.
 
-    The optimizer state goes to `<file>.optim` as A1111 does, so A1111 can resume from
-    our files and we from theirs.
+    As A1111 does: the name inside an intermediate file is `<name>-<step>` (so checkpoints
+    of one run load side by side in one diffusers pipeline), the final file keeps `<name>`,
+    and the optimizer state goes to `<file>.optim` with A1111's hash of the vectors, so
+    A1111 can resume from our files and we from theirs. The `.pt` is written last: a run
+    killed mid-save leaves no `.pt` whose `.optim` is missing.
     """
 
     def __init__(self, folder: Path, every: int, checkpoint_hash: str | None, checkpoint_name: str):
@@ -65,15 +67,14 @@ class EmbeddingSaver(StepCallback):
         self.saved: list[Path] = []
 
     def save(self, module: TextualInversionModule, step: int, stem: str) -> Path:
-        emb = Embedding(name=module.cfg.embedding.name, vectors=module.vectors.detach().float().cpu().clone(),
+        emb = Embedding(name=stem, vectors=module.vectors.detach().float().cpu().clone(),
                         step=step, sd_checkpoint=self.checkpoint_hash, sd_checkpoint_name=self.checkpoint_name)
         pt = self.folder / f"{stem}.pt"
-        save_embedding(emb, pt)
-        save_embedding(emb, self.folder / f"{stem}.safetensors")
         optimizers = module.trainer.optimizers if module._trainer is not None else []
         if optimizers:
-            with atomic_path(pt.with_name(pt.name + ".optim")) as tmp:
-                torch.save({"step": step, "optimizer_state_dict": optimizers[0].state_dict()}, tmp)
+            save_optimizer_state(pt, emb.vectors, optimizers[0].state_dict(), step)
+        save_embedding(emb, self.folder / f"{stem}.safetensors")
+        save_embedding(emb, pt)
         self.saved.append(pt)
         return pt
 
@@ -240,7 +241,8 @@ class EvalCallback(StepCallback):
         return out
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.evaluate(pl_module, pl_module.step)
+        if not (self.rows and self.rows[-1]["step"] == pl_module.step):  # a resumed run may have this row
+            self.evaluate(pl_module, pl_module.step)
 
     def on_step(self, trainer, module, step) -> None:
         if self.cfg.every and step % self.cfg.every == 0:
