@@ -6,20 +6,26 @@
     embeddings/    `<name>-<step>.pt` + .safetensors (+ .pt.optim), `<name>.pt` the final one
     previews/      `step-<step>-<k>.png`, `strip-<k>.png`
     eval_images/   `step-<step>.png`: each evaluation's held-out `[name]` images, one row, small
+    history/       what a resume or a re-evaluation replaced, one dated folder each
 
 Every file is written atomically or appended row by row and flushed, so a crash leaves
-whole files behind.
+whole files behind. Nothing is deleted: a resume cuts the curves back to its step and
+moves what lay beyond into `history/`, and `tiframework eval` keeps the results it
+replaces there too.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from tiframework.config import ExperimentConfig, save_config
+from tiframework.errors import UserError
 from tiframework.fileio import atomic_path, atomic_write_text
 
 
@@ -44,11 +50,27 @@ class RunFolder:
             run, n = root / stamp, 1
             while run.exists():
                 run, n = root / f"{stamp}-{n}", n + 1
-        folder = cls(run)
-        for sub in (folder.embeddings, folder.previews):
+        return cls(run).prepare(cfg)
+
+    def prepare(self, cfg: ExperimentConfig) -> RunFolder:
+        for sub in (self.embeddings, self.previews):
             sub.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, folder.config_file)
-        return folder
+        save_config(cfg, self.config_file)
+        return self
+
+    @staticmethod
+    def owning(file: Path) -> Path | None:
+        """The run folder an embedding file was saved in (`<run>/embeddings/<file>`), or None."""
+        file = file.resolve()
+        run = file.parent.parent
+        return run if file.parent.name == "embeddings" and (run / "config.yaml").is_file() else None
+
+    @staticmethod
+    def requested(cfg: ExperimentConfig) -> Path | None:
+        """The folder `logging.run_id` asks for, or None when no run id is set."""
+        if not cfg.logging.run_id:
+            return None
+        return (Path(cfg.logging.runs_dir) / (cfg.logging.experiment or "default") / cfg.logging.run_id).resolve()
 
     @property
     def embeddings(self) -> Path:
@@ -129,10 +151,110 @@ class RunFolder:
                 found.append((int(tail), path))
         return sorted(found)
 
+    def latest_checkpoint(self, name: str) -> Path:
+        found = self.checkpoints(name)
+        if not found:
+            raise UserError(f"{self.embeddings}: no {name}-<step>.pt checkpoint to resume from")
+        return found[-1][1]
+
+    def cut_back(self, step: int, name: str) -> tuple[Path, list[dict[str, float]]]:
+        """Make the run folder read as if it had stopped at `step`, losing nothing.
+
+        The config, metrics, eval table and summary are copied to `history/<time>-resumed-at-<step>/`;
+        metrics and eval rows past `step` are dropped; checkpoints and previews past `step` move
+        into that folder (strips too: they are rebuilt from the previews kept); half-written
+        temporary files of a killed run are removed. Returns the history folder and the eval
+        rows kept, as numbers.
+        """
+        history = self.history_dir(f"resumed-at-{step}")
+        for file in (self.config_file, self.path / "metrics.csv", self.eval_file, self.per_image_file,
+                     self.summary_file):
+            if file.is_file():
+                shutil.copy2(file, history / file.name)
+        _keep_rows(self.path / "metrics.csv", step)
+        _keep_rows(self.per_image_file, step)
+        kept = [_numbers(row) for row in _keep_rows(self.eval_file, step)]
+        _remove_partial_writes(self.path)
+        checkpoint = re.compile(rf"{re.escape(name)}-(\d+)\.(pt|safetensors|pt\.optim)")
+        for path in sorted(self.embeddings.glob("*")):
+            m = checkpoint.fullmatch(path.name)
+            if m and int(m[1]) > step:
+                _move(path, history / "embeddings")
+            elif path.name in (f"{name}.pt", f"{name}.safetensors", f"{name}.pt.optim"):
+                (history / "embeddings").mkdir(exist_ok=True)
+                shutil.copy2(path, history / "embeddings" / path.name)  # the old final; rewritten at the end
+        for path in sorted(self.previews.glob("*.png")):
+            m = re.fullmatch(r"step-(\d+)-\d+\.png", path.name)
+            if (m and int(m[1]) > step) or path.name.startswith("strip-"):
+                _move(path, history / "previews")
+        for path in sorted(self.eval_images.glob("step-*.png")):
+            m = re.fullmatch(r"step-(\d+)\.png", path.name)
+            if m and int(m[1]) > step:
+                _move(path, history / "eval_images")
+        return history, kept
+
+    def history_dir(self, reason: str) -> Path:
+        """A new `history/<time>-<reason>/` folder for files a later write replaces."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, n = self.path / "history" / f"{stamp}-{reason}", 1
+        while path.exists():
+            path, n = self.path / "history" / f"{stamp}-{reason}-{n}", n + 1
+        path.mkdir(parents=True)
+        return path
+
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _keep_rows(path: Path, step: int) -> list[dict[str, str]]:
+    """Rewrite a per-step CSV with only the rows up to `step`; return those rows."""
+    rows = read_csv(path)
+    kept = [r for r in rows if (_step_of(r) if _step_of(r) is not None else step + 1) <= step]
+    if len(kept) != len(rows):
+        fields = list(rows[0]) if rows else []
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+    return kept
+
+
+def _step_of(row: dict[str, str]) -> int | None:
+    try:
+        return int(float(row.get("step") or ""))
+    except ValueError:
+        return None  # a row cut short by a crash
+
+
+def _numbers(row: dict[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if value not in ("", None):
+            out[key] = int(float(value)) if key == "step" else float(value)
+    return out
+
+
+def _remove_partial_writes(folder: Path) -> None:
+    # `fileio.atomic_path` names its temporary files `.<final name>.<random>.tmp`: one that
+    # is still there was being written when the process was killed.
+    for sub in (folder, folder / "embeddings", folder / "previews", folder / "eval_images"):
+        for tmp in sub.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
+
+
+def _move(path: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path.replace(folder / path.name)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

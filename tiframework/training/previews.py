@@ -50,6 +50,22 @@ def append_to_strip(path: Path, image: Image.Image, label: str) -> None:
     save_png(cell, path)
 
 
+def rebuild_strips(folder: Path) -> None:
+    """`strip-<k>.png` again from the `step-<step>-<k>.png` files there (after a resume
+    moved the later ones away)."""
+    steps: dict[int, list[tuple[int, Path]]] = {}
+    for path in folder.glob("step-*-*.png"):
+        _, step, k = path.stem.split("-")
+        if step.isdigit() and k.isdigit():
+            steps.setdefault(int(k), []).append((int(step), path))
+    for k, found in steps.items():
+        strip = folder / f"strip-{k}.png"
+        strip.unlink(missing_ok=True)
+        for step, path in sorted(found):
+            with Image.open(path) as image:
+                append_to_strip(strip, image.convert("RGB"), str(step))
+
+
 def save_previews(images: list[list[Image.Image]], folder: Path, step: int) -> list[Path]:
     """`step-<step>-<k>.png` for prompt k (its seeds side by side), appended to `strip-<k>.png`."""
     paths = []

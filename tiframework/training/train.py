@@ -31,13 +31,15 @@ from tiframework.data.latents import Latents, encode_latents
 from tiframework.data.sources import resolve_data_path
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import make_evaluator
-from tiframework.sd.embeddings import create, load_embedding
+from tiframework.sd.embeddings import check_name, create, load_embedding
 from tiframework.sd.models import SDParts, load_model
+from tiframework.sd.optimizer_state import load_optimizer_state
 from tiframework.sd.runtime import Runtime, detect_machine, resolve_runtime
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training import callbacks as cb
 from tiframework.training.module import TextualInversionModule
+from tiframework.training.previews import rebuild_strips
 from tiframework.training.schedules import parse_schedule, total_steps
 
 log = logging.getLogger(__name__)
@@ -48,26 +50,52 @@ class Start:
     vectors: torch.Tensor  # (VPT, width)
     step: int
     optimizer_state: dict | None
+    source: Path | None = None  # the embedding file a resumed run continues from
+
+
+def resume_file(cfg: ExperimentConfig) -> Path:
+    """`resume=` as a file: an embedding file, or a run folder's latest checkpoint."""
+    path = Path(cfg.resume or "").expanduser()
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return RunFolder(path).latest_checkpoint(cfg.embedding.name)
+    return path
 
 
 def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, str | None]) -> Start:
-    """A new embedding from the init text (its name checked against the captions), or the
-    stored one when resuming."""
+    """A new embedding from the init text, or the stored one when resuming; either way the
+    name passes the same checks (characters, length, vocabulary, the captions)."""
     if not cfg.resume:
         return Start(create(cfg.embedding, parts, captions).vectors, 0, None)
-    path = Path(cfg.resume)
+    name = check_name(cfg.embedding.name, parts.tokenizer, captions, what="embedding.name")
+    path = resume_file(cfg)
     emb = load_embedding(path, expected_width=parts.width)
     e = cfg.embedding
     if emb.n_vectors != e.vectors_per_token:
         raise UserError(f"{path}: has {emb.n_vectors} vectors but embedding.vectors_per_token is "
                         f"{e.vectors_per_token}; set embedding.vectors_per_token={emb.n_vectors}")
-    optim_path = path.with_name(path.name + ".optim")
-    state = None
-    if optim_path.is_file():
-        state = torch.load(optim_path, map_location="cpu", weights_only=True).get("optimizer_state_dict")
-    else:
-        log.warning("%s: no optimizer state beside the embedding; AdamW restarts from zero moments", path)
-    return Start(emb.vectors, emb.step, state)
+    if emb.name not in (name, f"{name}-{emb.step}"):
+        log.warning("%s: saved as %r; training continues it as embedding.name %r", path, emb.name, name)
+    state = load_optimizer_state(path, emb.vectors, emb.step)
+    return Start(emb.vectors, emb.step, state, path)
+
+
+def open_run_folder(cfg: ExperimentConfig, start: Start) -> tuple[RunFolder, list[dict[str, float]]]:
+    """Where the run writes, and the eval rows it keeps.
+
+    A resumed run continues in the run folder its file was saved in, cut back to the
+    resumed step (`RunFolder.cut_back`), so each run has one whole curve; with
+    `logging.run_id` naming another folder it starts that one, and `summary.json`
+    records where it came from.
+    """
+    own = RunFolder.owning(start.source) if start.source is not None else None
+    wanted = RunFolder.requested(cfg)
+    if own is None or (wanted is not None and wanted != own):
+        return RunFolder.create(cfg), []
+    folder = RunFolder(own)
+    history, kept = folder.cut_back(start.step, cfg.embedding.name)
+    rebuild_strips(folder.previews)
+    log.info("continuing %s from step %d (what lay beyond it is kept in %s)", own, start.step, history)
+    return folder.prepare(cfg), kept
 
 
 def run_runtime(cfg: ExperimentConfig, parts: SDParts) -> Runtime:
@@ -195,7 +223,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
                         "raise training.max_steps or extend training.learning_rate")
     evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
 
-    folder = RunFolder.create(cfg)
+    folder, kept_eval = open_run_folder(cfg, start)
     tracker = Tracker(cfg, folder.path)
     try:
         parts.prepare(runtime)
@@ -207,6 +235,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
                                         compile_unet=runtime.compile)
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
                               extra_callbacks or [])
+        if watchers.evaluation is not None and kept_eval:
+            watchers.evaluation.rows = kept_eval  # a resumed run's curve goes on from the rows it keeps
         trainer = _trainer(cfg, runtime, total - start.step, watchers.all, tracker)
         torch.manual_seed(cfg.training.seed)
         log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
@@ -215,6 +245,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
         summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime)
+        if start.source is not None:
+            summary["resumed_from"] = {"file": str(start.source.resolve()), "step": start.step}
         tracker.finish(summary, final)
         folder.write_summary(summary)
         return summary
