@@ -373,3 +373,43 @@ def write_parameterdict_era_pt(path: Path, vectors: torch.Tensor, name: str, ste
     with open(path, "wb") as out:
         write_admitted_zip(raw.getvalue(), out)  # torch 1.11 wrote no other records
     return path
+
+
+# ----------------------------------------------------------------------------- A1111 LR schedules
+
+
+def a1111_rates(text: str, max_steps: int, start: int = 0) -> list[float]:
+    """The rate of each optimizer step A1111 trains, restating `LearnScheduleIterator` and
+    `LearnRateScheduler` (`modules/textual_inversion/learn_schedule.py`): pairs ending at or
+    before `start` are skipped, end steps are capped at max_steps, the list stops after the
+    first pair ending beyond max_steps (or running to the end); before each step, a step
+    counter at or past the current end moves to the next pair, and training finishes when
+    there is none."""
+    pairs: list[tuple[float, int]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        fields = part.split(":")
+        if len(fields) == 2:
+            end = int(fields[1])
+            if end > start:
+                pairs.append((float(fields[0]), min(end, max_steps)))
+                if end > max_steps:
+                    break
+            elif end == -1:
+                pairs.append((float(fields[0]), max_steps))
+                break
+        else:
+            pairs.append((float(fields[0]), max_steps))
+            break
+    if not pairs or start >= max_steps:
+        return []
+    rates, (rate, end), rest, step = [], pairs[0], iter(pairs[1:]), start
+    while True:
+        if step >= end:
+            nxt = next(rest, None)
+            if nxt is None:
+                return rates
+            rate, end = nxt
+        rates.append(rate)
+        step += 1

@@ -1,7 +1,14 @@
 import pytest
 
 from tiframework.errors import UserError
-from tiframework.training.schedules import Segment, cosine_restarts_rate, parse_schedule, rate_at, total_steps
+from tiframework.training.schedules import (
+    Segment,
+    a1111_extra_step,
+    cosine_restarts_rate,
+    parse_schedule,
+    rate_at,
+    total_steps,
+)
 
 GUIDE = "0.0005:5000, 0.0001:10000"
 
@@ -63,3 +70,41 @@ def test_cosine_restarts():
     assert cosine_restarts_rate(1.0, 10, 10) == 1.0  # warm restart
     assert cosine_restarts_rate(1.0, 10, 10, mult=2) == 1.0
     assert cosine_restarts_rate(1.0, 20, 10, mult=2) == pytest.approx(0.5)  # second cycle is 20 long
+
+
+# --- against A1111's scheduler (restated in tests/helpers/peers.py) -------------------------------
+
+SCHEDULES = ["0.005", "0.01:-1", "0.0005:50, 0.0001:100", "0.01:10, 0.005:20, 0.001", "0.01:10, 0.005:20, 0.001:-1",
+             "0.02:7", "0.1:3, 0.2:6, 0.3:9, 0.4:12", "1e-3:25,", "0.01:10, 0.001:1000"]
+
+
+def ours(text: str, max_steps: int, start: int = 0) -> list[float]:
+    segments = parse_schedule(text)
+    return [rate_at(segments, step) for step in range(start, total_steps(segments, max_steps))]
+
+
+@pytest.mark.parametrize("text", SCHEDULES)
+def test_every_step_matches_a1111_except_the_documented_case(text):
+    from peers import a1111_rates
+
+    segments = parse_schedule(text)
+    for max_steps in range(1, 40):
+        for start in range(0, max_steps):
+            theirs, mine = a1111_rates(text, max_steps, start), ours(text, max_steps, start)
+            extra = a1111_extra_step(segments, max_steps)
+            if extra is None:
+                assert mine == theirs, (text, max_steps, start)
+            else:
+                # an entry ends exactly at max_steps and another follows: A1111 trains one
+                # more step at the next rate; we stop at max_steps (see schedules.py)
+                assert theirs == [*mine, extra], (text, max_steps, start)
+
+
+def test_the_documented_difference():
+    from peers import a1111_rates
+
+    assert a1111_rates("0.005:10, 0.001", 10) == [0.005] * 10 + [0.001]
+    assert ours("0.005:10, 0.001", 10) == [0.005] * 10
+    assert a1111_extra_step(parse_schedule("0.005:10, 0.001"), 10) == 0.001
+    assert a1111_extra_step(parse_schedule("0.005:10, 0.001"), 11) is None
+    assert a1111_extra_step(parse_schedule("0.005:10"), 10) is None

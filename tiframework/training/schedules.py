@@ -3,6 +3,13 @@
 A1111 syntax: `"0.0005:5000, 0.0001:10000"` — each rate holds until the optimizer step
 reaches its end step; a bare rate (or end step -1) runs to the end of training. Training
 stops when the schedule runs out (A1111 trains to min(max_steps, last end step)).
+
+One deliberate difference: when an entry ends exactly at `max_steps` and another follows
+(`"0.005:5000, 0.001"` with max_steps 5000), A1111's schedule iterator moves on to the next
+entry instead of finishing, so it trains one more step (5001) at the next rate. We stop at
+`max_steps`: the step budget, the last saved file and sweeps' comparisons then mean what
+max_steps says. At every other step of every well-formed schedule the rates agree
+(tests/training/test_schedules.py runs a restatement of A1111's scheduler against ours).
 """
 
 from __future__ import annotations
@@ -51,6 +58,14 @@ def total_steps(segments: list[Segment], max_steps: int) -> int:
     """Optimizer steps training will run: max_steps, or fewer if the schedule runs out."""
     last = segments[-1].end_step
     return max_steps if last is None else min(max_steps, last)
+
+
+def a1111_extra_step(segments: list[Segment], max_steps: int) -> float | None:
+    """The rate of the one step A1111 would train past `max_steps` (see the module docstring), or None."""
+    for seg, following in zip(segments, segments[1:], strict=False):  # neighbours
+        if seg.end_step == max_steps:
+            return following.rate
+    return None
 
 
 def rate_at(segments: list[Segment], step: int) -> float:

@@ -40,7 +40,7 @@ from tiframework.tracking.tracker import Tracker
 from tiframework.training import callbacks as cb
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import rebuild_strips
-from tiframework.training.schedules import parse_schedule, total_steps
+from tiframework.training.schedules import a1111_extra_step, parse_schedule, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,12 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     if not cfg.data.path:
         raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
     read_templates(cfg.data)  # bad templates fail before the model loads
-    total = total_steps(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
+    schedule = parse_schedule(cfg.training.learning_rate)
+    total = total_steps(schedule, cfg.training.max_steps)
+    extra = a1111_extra_step(schedule, cfg.training.max_steps) if cfg.training.lr_scheduler == "a1111" else None
+    if extra is not None:
+        log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
+                 "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
