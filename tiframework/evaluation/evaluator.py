@@ -31,6 +31,7 @@ from tiframework.evaluation.summary import SELECT
 from tiframework.evaluation.traits import load_trait_scorer
 from tiframework.sd.generate import generate, make_pipeline
 from tiframework.sd.models import SDParts
+from tiframework.toyworld import clip as toy_clip
 from tiframework.toyworld.characters import is_spec, parse_spec
 from tiframework.toyworld.classifier import attribute_scores
 
@@ -41,11 +42,13 @@ ATTRIBUTE_ACCURACY = "eval/attribute_accuracy"
 
 
 def resolved_eval(cfg: ExperimentConfig, reference: str | None = None) -> EvalConfig:
-    """The eval section with `reference` (or `eval.reference`) resolved to a folder."""
+    """The eval section with `reference` (or `eval.reference`) resolved to a folder and
+    `clip_pretrained: toyworld` to the toy CLIP's weights file."""
+    update: dict[str, Any] = {"clip_pretrained": toy_clip.resolve_weights(cfg.eval.clip_pretrained)}
     ref = reference or cfg.eval.reference
-    if ref is None:
-        return cfg.eval
-    return cfg.eval.model_copy(update={"reference": str(resolve_data_path(ref, "eval.reference"))})
+    if ref is not None:
+        update["reference"] = str(resolve_data_path(ref, "eval.reference"))
+    return cfg.eval.model_copy(update=update)
 
 
 class Evaluator:

@@ -21,6 +21,8 @@ from tiframework.toyworld.batches import fit, noisy_caption, world_batch
 
 MODEL_NAME = "tif-toy-clip"
 CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
+WEIGHTS_KEYWORD = "toyworld"  # `eval.clip_pretrained: toyworld` names the shipped weights below
+WEIGHTS = Path(__file__).parent / "weights" / "clip" / "open_clip_model.safetensors"
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -29,6 +31,12 @@ OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 def register() -> None:
     """Make `tif-toy-clip` an open_clip model name (once: each call would rescan open_clip's configs)."""
     open_clip.add_model_config(CONFIG_PATH)
+
+
+def resolve_weights(spec: str | None) -> str | None:
+    """`eval.clip_pretrained` as a file: the `toyworld` keyword is the package's own weights,
+    so configs that use them work from any directory."""
+    return str(WEIGHTS) if spec == WEIGHTS_KEYWORD else spec
 
 
 def new_clip():
