@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         "eval", help="score a finished run's checkpoints (CLIP fidelity/flexibility) into eval.csv",
         description="Generate images with every saved checkpoint of a run (and the step-0 init-text baseline) "
         "using the eval prompts and seeds, score them with CLIP against reference art, and write eval.csv "
-        "plus best/plateau steps in summary.json.",
+        "plus best/plateau steps in summary.json; the eval.csv and summary.json it replaces are kept in the run's "
+        "history/ folder, and summary.json records the eval settings that made the new table.",
     )
     p.add_argument("run_dir", help="a run folder, runs/<experiment>/<run-id>")
     p.add_argument("--reference", help="folder of reference art (default: eval.reference from the run's config)")

@@ -1,11 +1,15 @@
 """`tiframework eval RUN`: score every saved checkpoint of a finished run, afterwards.
 
 The step-0 baseline is the run's own starting embedding (`sd.embeddings.create` from its
-config, as training starts), so gains read the same as in training-time evaluation.
+config, as training starts), so gains read the same as in training-time evaluation. Results
+are never destroyed: the eval.csv, eval_per_image.csv, summary.json and eval images it
+replaces are kept in the run's `history/`, and the new summary says which eval settings
+made the new table.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,13 @@ from tiframework.config import load_config
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.evaluation.evidence import save_eval_images
-from tiframework.evaluation.summary import append_row, samples_by_step, summarize
+from tiframework.evaluation.summary import append_row, eval_settings, samples_by_step, summarize
 from tiframework.sd.embeddings import create, load_embedding
 from tiframework.sd.models import load_model
 from tiframework.sd.runtime import DTYPES, detect_machine, resolve_dtype, resolve_precision
 from tiframework.tracking.runfolder import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[str] | None = None,
@@ -29,7 +35,7 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     folder = RunFolder(run_dir)
     if not folder.config_file.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run-id>")
-    cfg = load_config(folder.config_file, overrides)
+    cfg = load_config(folder.config_file, overrides, file_relative=False)  # paths as the run used them
     found: list[tuple[int, Path | torch.Tensor]] = list(folder.checkpoints(cfg.embedding.name))
     if not found:
         raise UserError(f"{folder.embeddings}: no {cfg.embedding.name}-<step>.pt checkpoints to score")
@@ -41,6 +47,10 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     evaluator = make_evaluator(cfg, parts, reference=reference, device=device)
     if found[0][0] != 0:
         found.insert(0, (0, create(cfg.embedding, parts).vectors))
+    kept = folder.keep_copies("before-eval", folder.eval_file, folder.per_image_file, folder.summary_file,
+                              folder.eval_images)
+    if kept is not None:
+        log.info("the earlier evaluation (eval.csv, summary.json, eval images) is kept in %s", kept)
     rows: list[dict[str, float]] = []
     per_image: list[dict[str, Any]] = []
     for step, source in tqdm(found, desc="scoring checkpoints", unit="ckpt", disable=not progress):
@@ -52,5 +62,6 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     folder.write_per_image(per_image)
     summary = folder.read_summary() or {"run_dir": str(run_dir)}
     summary.update(summarize(rows, evaluator.eval_cfg, samples=samples_by_step(per_image)))
+    summary["eval_settings"] = eval_settings(evaluator.eval_cfg, "tiframework eval")
     folder.write_summary(summary)
     return summary

@@ -50,6 +50,12 @@ def append_row(rows: list[dict[str, float]], row: dict[str, float]) -> None:
         row[BEST] = chosen[FIDELITY] if chosen is not None else row[FIDELITY]
 
 
+def eval_settings(cfg: EvalConfig, made_by: str) -> dict[str, Any]:
+    """Which evaluation made a run's eval.csv: `summary.json["eval_settings"]`, so scores from
+    different settings (seeds, sampler, CLIP model, reference art) are never mixed up."""
+    return {"made_by": made_by, **cfg.model_dump(mode="json")}
+
+
 def samples_by_step(records: list[dict[str, Any]], metric: str = FIDELITY) -> dict[int, list[float]]:
     """Per-image records ({step, prompt, seed, metric}) -> step -> values, in record order."""
     out: dict[int, list[float]] = {}

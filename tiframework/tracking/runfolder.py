@@ -193,6 +193,20 @@ class RunFolder:
                 _move(path, history / "eval_images")
         return history, kept
 
+    def keep_copies(self, reason: str, *paths: Path) -> Path | None:
+        """Copy those of `paths` (files or folders) that exist into a new `history/<time>-<reason>/`;
+        its path, or None when none exists."""
+        present = [p for p in paths if p.exists()]
+        if not present:
+            return None
+        history = self.history_dir(reason)
+        for path in present:
+            if path.is_dir():
+                shutil.copytree(path, history / path.name)
+            else:
+                shutil.copy2(path, history / path.name)
+        return history
+
     def history_dir(self, reason: str) -> Path:
         """A new `history/<time>-<reason>/` folder for files a later write replaces."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -31,6 +31,7 @@ from tiframework.data.latents import Latents, encode_latents
 from tiframework.data.sources import resolve_data_path
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import make_evaluator
+from tiframework.evaluation.summary import eval_settings
 from tiframework.sd.embeddings import check_name, create, load_embedding
 from tiframework.sd.models import SDParts, load_model
 from tiframework.sd.optimizer_state import load_optimizer_state
@@ -250,6 +251,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
         summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime)
+        if watchers.evaluation is not None:
+            summary["eval_settings"] = eval_settings(watchers.evaluation.cfg, "training")
         if start.source is not None:
             summary["resumed_from"] = {"file": str(start.source.resolve()), "step": start.step}
         tracker.finish(summary, final)
