@@ -46,8 +46,8 @@ def test_relative_inputs_in_a_file_resolve_from_the_file(tmp_path, monkeypatch):
     assert load_config(exp / "mine.yaml", file_relative=False).data.path == "../data/mychar"
 
 
-def tif(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+def tif(*args: str, cwd: Path, wandb: str = "disabled") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": wandb}
     return subprocess.run([sys.executable, "-m", "tiframework", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -58,8 +58,13 @@ def test_quickstart_runs_from_another_directory(tmp_path):
     elsewhere.mkdir()
     shrink = ["training.max_steps=2", "training.save_every=2", "eval.every=2", "eval.seeds=[0]", "eval.steps=2",
               "preview.every=0", "logging.progress_bar=false"]
-    done = tif("train", str(QUICKSTART), *shrink, cwd=elsewhere)
+    done = tif("train", str(QUICKSTART), *shrink, cwd=elsewhere, wandb="dryrun")  # W&B's old name for offline
     assert done.returncode == 0, done.stderr[-3000:]
+    # quiet logs: our lines, the W&B folder once, no library INFO noise
+    log = done.stderr
+    assert log.count("W&B offline run: ") == 1 and "wandb sync " in log and "None" not in log
+    for noise in ("INFO root", "GPU available", "LitLogger", "Loading weights", "anonymous", "LeafSpec", "wandb: "):
+        assert noise not in log, noise
     [run] = (elsewhere / "runs" / "quickstart").iterdir()
     saved = load_config(run / "config.yaml", file_relative=False)
     assert saved.eval.clip_pretrained == "toyworld"  # the keyword, not a path that moves with the repo

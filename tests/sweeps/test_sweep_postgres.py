@@ -128,3 +128,22 @@ def test_a_different_sweep_under_the_same_postgres_study_name_is_an_error(tmp_pa
     other = write_sweep(tmp_path, space={VPT: categorical(4, 8)})
     with pytest.raises(UserError, match="already exists with a different space"):
         prepare(other, storage=postgres_url, study_name=study_name, progress=False)
+
+
+def test_fresh_moves_a_postgres_study_aside_under_a_new_name(tmp_path, experiment, postgres_url, study_name):
+    import optuna
+
+    from tiframework.sweeps.launch import run_sweep
+
+    run_sweep(write_sweep(tmp_path, n_trials=1), storage=postgres_url, study_name=study_name, runner=FAKE,
+              progress=False)
+    other = write_sweep(tmp_path, n_trials=2, space={VPT: categorical(4, 8)})
+    summary = run_sweep(other, storage=postgres_url, study_name=study_name, runner=FAKE, progress=False, fresh=True)
+    assert summary["states"] == {"COMPLETE": 2}
+    storage = rdb(postgres_url)
+    [aside] = [n for n in optuna.study.get_all_study_names(storage) if n.startswith(f"{study_name}-old-")]
+    try:
+        old = optuna.load_study(study_name=aside, storage=storage)
+        assert [t.params[VPT] for t in old.trials] in ([1], [2], [3]) and old.trials[0].state.name == "COMPLETE"
+    finally:
+        optuna.delete_study(study_name=aside, storage=storage)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _sweep(args: argparse.Namespace) -> int:
     # torch and friends: imported when the command runs, so --help stays fast
-    from tiframework.sweeps.launch import run_sweep
+    import optuna
 
+    from tiframework.sweeps.launch import all_failed, run_sweep
+
+    # optuna prints through its own handler ("[I ...] A new study created in Journal"); through
+    # ours, the CLI's filter keeps its warnings (a failed trial, one line) and drops its INFO.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     summary = run_sweep(args.sweep, args.overrides, storage=args.storage, n_trials=args.n_trials,
-                        workers=args.workers, study_name=args.study_name)
+                        workers=args.workers, study_name=args.study_name, fresh=args.fresh)
     print(json.dumps(summary, indent=2, default=str))
+    failed = all_failed(summary)
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     where = args.storage or summary["folder"]
     print(f"report: tiframework sweep-report {where} --study-name {summary['study']}")
     return 0
@@ -33,7 +44,8 @@ def register(subparsers) -> None:
         description="Run the trials of a sweep file. Each trial trains once per seed into "
         "<runs_dir>/sweeps/<study>/trial-<n>[-seed-<s>]/. The study is a journal file in that folder unless "
         "--storage names a PostgreSQL URL, which lets several machines (each running this same command) "
-        "share one study. Re-running the command resumes the study up to --n-trials in total.",
+        "share one study. Re-running the command resumes the study up to --n-trials in total. Exits 1 when no trial "
+        "completed and some failed, with the failure reasons counted.",
     )
     p.add_argument("sweep", help="sweep YAML, e.g. sweeps/vpt_lr_accum.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for the base experiment, e.g. "
@@ -43,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--n-trials", type=int, help="trials in the study in total (default: the sweep's n_trials)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
     p.add_argument("--study-name", help="default: the sweep's study_name, else the file's stem")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the study over: move the existing one (and its run folders) aside to "
+                   "<study>-old-<time>, never deleting it; run it with no worker of that study running")
     p.set_defaults(func=_sweep)
 
     r = subparsers.add_parser(

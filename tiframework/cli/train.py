@@ -17,7 +17,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "vector_norms"}, indent=2))
+    shown = {k: v for k, v in summary.items() if k not in ("vector_norms", "eval_settings")}  # in summary.json
+    print(json.dumps(shown, indent=2))
     print(f"run folder: {summary['run_dir']}")
     return 1 if summary.get("stopped") else 0
 

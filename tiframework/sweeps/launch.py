@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -88,8 +89,11 @@ class Prepared:
 
 def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
             storage: str | None = None, n_trials: int | None = None, study_name: str | None = None,
-            runner: str | None = None, progress: bool = True) -> Prepared:
-    """Check the sweep, open the storage and create (or reuse) the study: all before any worker starts."""
+            runner: str | None = None, progress: bool = True, fresh: bool = False) -> Prepared:
+    """Check the sweep, open the storage and create (or reuse) the study: all before any worker starts.
+
+    `fresh`: move an existing study of that name (and its run folders) aside first.
+    """
     overrides = list(overrides or [])
     sweep = load_sweep(sweep_path, overrides)
     base = sweep.base
@@ -97,6 +101,9 @@ def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = No
     total = sweep.total_trials(n_trials)
     folder = sweep_dir(base, name)
     loc = st.locate(storage, folder)
+    if fresh:
+        for line in st.move_aside(loc, folder, name) or ["nothing to move: the study does not exist yet"]:
+            log.info("--fresh: %s", line)
     study = st.create_study(sweep, base, st.open_storage(loc, sweep), name, loc)
     log.info("study %s (%s): %d of %d trials exist; runs go to %s",
              name, loc.describe(), counted(study.get_trials(deepcopy=False)), total, folder)
@@ -107,7 +114,8 @@ def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = No
 def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
               storage: str | None = None, n_trials: int | None = None, workers: int = 1,
               study_name: str | None = None, runner: str | None = None,
-              pruner: optuna.pruners.BasePruner | None = None, progress: bool = True) -> dict[str, Any]:
+              pruner: optuna.pruners.BasePruner | None = None, progress: bool = True,
+              fresh: bool = False) -> dict[str, Any]:
     """Run a sweep to `n_trials` trials in total (those already in the study count); return a summary.
 
     `runner` ("module:Class") and `pruner` are test hooks; `pruner` works in-process only.
@@ -115,7 +123,7 @@ def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = 
     if workers < 1:
         raise UserError("--workers must be at least 1")
     p = prepare(sweep_path, overrides, storage=storage, n_trials=n_trials, study_name=study_name,
-                runner=runner, progress=progress)
+                runner=runner, progress=progress, fresh=fresh)
     if workers == 1:
         results = [run_worker(p.spec, pruner)]
     else:
@@ -125,12 +133,35 @@ def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = 
     return study_summary(p.study, p.loc, p.folder, results)
 
 
+def failure_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """How many failed trials gave each reason, most common first. Reasons that differ only in
+    their numbers (a norm, a step) count together, under the first one's text."""
+    groups: dict[str, list[str]] = {}
+    for t in trials:
+        if t.state.name == "FAIL":
+            reason = str(t.user_attrs.get("fail_reason") or "worker died or no reason recorded").splitlines()[0][:200]
+            groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", reason), []).append(reason)
+    counted = {found[0] + ("" if len(set(found)) == 1 else " (numbers vary)"): len(found) for found in groups.values()}
+    return dict(sorted(counted.items(), key=lambda kv: -kv[1]))
+
+
+def all_failed(summary: dict[str, Any]) -> str | None:
+    """One line when no trial of the study completed and some failed (the sweep measured nothing)."""
+    states = summary.get("states", {})
+    if states.get("COMPLETE") or not states.get("FAIL"):
+        return None
+    reasons = "; ".join(f"{n}x {reason}" for reason, n in summary.get("fail_reasons", {}).items())
+    return f"all {states['FAIL']} trial(s) of study {summary['study']} failed: {reasons}"
+
+
 def study_summary(study: optuna.Study, loc: st.StudyLocation, folder: Path,
                   workers: list[dict[str, Any]]) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     out: dict[str, Any] = {"study": study.study_name, "storage": loc.describe(), "folder": str(folder),
                            "trials": len(trials), "states": dict(states)}
+    if states.get("FAIL"):
+        out["fail_reasons"] = failure_counts(trials)
     if states.get("COMPLETE") and len(study.directions) == 1:
         best = study.best_trial
         out |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params}

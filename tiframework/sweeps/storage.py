@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,32 @@ def create_study(sweep: SweepConfig, base: ExperimentConfig, storage: BaseStorag
     diffs = _differences(have or {}, want) if have else ["objective directions (a study not made by this sweep)"]
     if diffs:
         raise UserError(f"study {name!r} in {loc.describe()} already exists with a different "
-                        f"{'; '.join(diffs)}. Use --study-name NEW for a new study, or delete the old one")
+                        f"{'; '.join(diffs)}. Use --study-name NEW for a new study, or --fresh to move the old "
+                        "one aside and start over")
     return study
+
+
+def move_aside(loc: StudyLocation, folder: Path, name: str) -> list[str]:
+    """Start a study over without deleting anything (`sweep --fresh`); returns what moved where.
+
+    The default layout (the journal inside the study folder) moves as one folder to
+    `<study>-old-<time>`. A shared storage (PostgreSQL, a journal elsewhere) gets a copy of
+    the study under that name before the original is removed, and the run folders move too.
+    """
+    aside = f"{name}-old-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    moved: list[str] = []
+    in_folder = loc.journal is not None and loc.journal.parent.resolve() == folder.resolve()
+    if not in_folder:
+        storage = open_storage(loc)
+        if name in optuna.study.get_all_study_names(storage):
+            optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=aside)
+            optuna.delete_study(study_name=name, storage=storage)
+            moved.append(f"study {name!r} -> {aside!r} in {loc.describe()}")
+    if folder.exists():
+        target = folder.with_name(aside)
+        os.replace(folder, target)
+        moved.append(f"{folder} -> {target}")
+    return moved
 
 
 # --- exact trial counts with several workers ------------------------------------------------

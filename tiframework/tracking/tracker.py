@@ -22,6 +22,7 @@ from tiframework.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
+OFFLINE_MODES = ("offline", "dryrun")
 # Summary keys that W&B's run table and grouped charts show as `eval/<key>`.
 SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_score", "final_score",
                 "plateau_step", "plateau_reason", "plateau_noise")
@@ -64,10 +65,15 @@ class Tracker:
         logger = WandbLogger(
             project=project, name=f"{c.experiment}/{self.run_dir.name}", save_dir=str(self.run_dir),
             group=c.wandb_group or c.experiment, tags=run_tags(self.cfg), job_type=c.wandb_job_type,
-            config=self.cfg.model_dump(mode="json"), mode=mode, offline=mode == "offline",
+            config=self.cfg.model_dump(mode="json"), mode=mode, offline=mode in OFFLINE_MODES,
         )
-        _ = logger.experiment  # start the run now, so its folder exists even if training fails early
-        log.info("W&B run (%s): %s", mode, logger.experiment.dir if mode == "offline" else logger.experiment.url)
+        logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns on every run
+        run = logger.experiment  # start the run now, so its folder exists even if training fails early
+        if mode in OFFLINE_MODES:  # "dryrun" is W&B's old name for offline: there is no URL
+            folder = Path(run.dir).parent
+            log.info("W&B offline run: %s (upload it later with: wandb sync %s)", folder, folder)
+        else:
+            log.info("W&B run: %s", run.url)
         return logger
 
     def log_previews(self, step: int, prompts: list[str], images: list[list[Any]]) -> None:
