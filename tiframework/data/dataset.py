@@ -110,8 +110,8 @@ def scan_folder(folder: Path, max_side: int, step: int) -> tuple[list[Item], lis
             uncaptioned.append(path.name)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         items.append(Item(path, caption, bucket_size(*size, max_side, step), digest))
-    if skipped:
-        log.warning("skipped %d unreadable image(s):\n  %s", len(skipped), "\n  ".join(skipped))
+    for why in skipped:  # one line per image, naming it
+        log.warning("skipped an unreadable image: %s", why)
     if uncaptioned:
         log.warning("%d image(s) have no caption and train with empty [filewords]: %s",
                     len(uncaptioned), ", ".join(uncaptioned))

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tiframework.errors import UserError
@@ -116,7 +117,13 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with any transparency composited on white, as the WD1.4 tagger was trained."""
+    """RGB with any transparency composited on white, as the WD1.4 tagger was trained.
+
+    16-bit and 32-bit greyscale ("I;16", "I", "F") are scaled to 8 bits first: PIL's own
+    conversion clips them at 255, which turns a 16-bit scan into a white page.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _eight_bit_grey(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if not has_alpha:
         return image.convert("RGB")
@@ -124,6 +131,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     canvas.alpha_composite(rgba)
     return canvas.convert("RGB")
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" and values.max(initial=0) <= 1.0 else 255.0
+    if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+        top = 65535.0
+    return Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
 
 
 def caption_path(image_path: str | Path) -> Path:
