@@ -10,6 +10,7 @@ errors that name the key.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from pathlib import Path
@@ -279,9 +280,16 @@ def _format_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        msg = f"unknown key{_did_you_mean(key)}" if e["type"] == "extra_forbidden" else \
+            e["msg"].removeprefix("Value error, ")
         parts.append(f"{key}: {msg}" if key else msg)
     return f"{source}: " + "; ".join(parts)
+
+
+def _did_you_mean(key: str) -> str:
+    keys = [k for k, _, _ in describe_keys()]
+    close = difflib.get_close_matches(key, keys + sorted({k.split(".")[0] for k in keys}), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else " (see `tiframework config keys`)"
 
 
 def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]:
