@@ -49,13 +49,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        exc.filename = str(final)  # the file the user asked for, not our temporary name
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         _publish_mode(tmp_path, final, 0o666)
         os.replace(tmp_path, final)
+    except OSError as exc:
+        # A full disk shows up on the temporary file (or on no file at all): name the real one.
+        if exc.filename is None or str(exc.filename) == str(tmp_path):
+            exc.filename = str(final)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

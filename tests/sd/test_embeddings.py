@@ -329,7 +329,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     old = save_embedding(sample_embedding(), tmp_path / "x.safetensors")
     before = old.read_bytes()
-    monkeypatch.setattr(E, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("full")))
+    monkeypatch.setattr(E, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("full")))
     with pytest.raises(OSError):
         save_embedding(Embedding("other", torch.zeros(1, 32)), old)
     assert old.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
@@ -386,3 +386,17 @@ def test_cli_dataset_tag_name_and_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
     assert main(["embedding", "convert", str(tmp_path / "nope.pt"), str(tmp_path / "y.pt")]) == 2
     assert "nope.pt: embedding file not found" in capsys.readouterr().err
+
+
+def test_inspect_names_the_toy_world_and_flags_nan(tmp_path, capsys):
+    save_embedding(Embedding("kiri_ti", torch.zeros(2, 64)), tmp_path / "toy.pt")
+    assert main(["embedding", "inspect", str(tmp_path / "toy.pt")]) == 0
+    assert "width:      64 (the toy world (model.preset toyworld))" in capsys.readouterr().out
+    vectors = torch.zeros(2, 64)
+    vectors[1, 0] = float("nan")
+    save_embedding(Embedding("kiri_ti", vectors), tmp_path / "nan.pt")
+    assert main(["embedding", "inspect", str(tmp_path / "nan.pt")]) == 1
+    out = capsys.readouterr()
+    assert "norms:" in out.out and out.err.count("\n") == 1 and "NaN/Inf" in out.err
+    assert main(["embedding", "convert", str(tmp_path / "nan.pt"), str(tmp_path / "x.safetensors")]) == 2
+    assert "1 of its 2 vectors hold NaN/Inf" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()

@@ -9,6 +9,7 @@ open_clip inside their handlers so `tiframework --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -60,6 +61,21 @@ def configure_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+# Errors of the machine, not of the program: one line saying which file and what to do.
+WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file-size limit was hit",
+                errno.EDQUOT: "the disk quota is used up", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.EROFS: "the file system is read-only"}
+
+
+def write_error(exc: OSError) -> str:
+    where = exc.filename or "a file"
+    why = WRITE_ERRORS[exc.errno]
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: {why}; fix its permissions, or write elsewhere (e.g. logging.runs_dir)"
+    return (f"{where}: cannot write ({why}); nothing half-written was kept: free space and run again "
+            "(training resumes from its last checkpoint with resume=<run folder>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiframework",
@@ -95,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose or os.environ.get("TIFRAMEWORK_TRACEBACK"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.verbose or os.environ.get("TIFRAMEWORK_TRACEBACK") or exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -116,10 +117,17 @@ def format_text(info: dict) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     # torch and friends: imported when the command runs, so --help stays fast
+    import torch
+
     from tiframework.sd.embeddings import describe, load_embedding
 
-    info = describe(load_embedding(args.file), args.file)
+    emb = load_embedding(args.file, finite=False)  # inspect shows a diverged embedding; other commands refuse it
+    info = describe(emb, args.file)
     print(json.dumps(info, indent=2) if args.json else format_text(info))
+    if not torch.isfinite(emb.vectors).all():
+        print(f"warning: {args.file}: some vectors hold NaN/Inf values (a run that diverged); "
+              "training, eval and convert refuse it", file=sys.stderr)
+        return 1
     return 0
 
 

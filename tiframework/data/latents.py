@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from tiframework.data.dataset import Item
@@ -125,14 +125,14 @@ def encode_latents(items: Sequence[Item], vae: torch.nn.Module, cache_dir: str |
                 _MEMORY[key] = (mean, std)
                 if path is not None:
                     with atomic_path(path) as tmp:
-                        save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
+                        # bytes written by Python: a full disk is an OSError naming the file
+                        tmp.write_bytes(save({"mean": mean.contiguous(), "std": std.contiguous()}))
         mean, std = _MEMORY[key]
         out.items.append(item)
         out.means.append(mean)
         out.stds.append(std)
-    if out.skipped:
-        log.warning("skipped %d image(s) whose pixels do not decode:\n  %s", len(out.skipped),
-                    "\n  ".join(out.skipped))
+    for why in out.skipped:  # one line per image, naming it
+        log.warning("skipped an image whose pixels do not decode: %s", why)
     if not out.items:
         raise UserError(f"{items[0].path.parent if items else 'data.path'}: no readable images; "
                         "add .png/.jpg images with .txt captions")

@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tiframework.config import EmbeddingConfig, EmbeddingFormat
 from tiframework.errors import UserError
@@ -202,7 +202,9 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None) -> 
         if path.suffix.lower() == ".safetensors":
             meta = {"name": emb.name, "step": str(int(emb.step)), "sd_checkpoint": emb.sd_checkpoint,
                     "sd_checkpoint_name": emb.sd_checkpoint_name}
-            save_file(payload, str(tmp), metadata={k: v for k, v in meta.items() if v is not None})
+            # Serialized in memory, written by Python: a full disk is then an OSError naming the
+            # file, where safetensors' own file writer raises its SafetensorError.
+            tmp.write_bytes(save(payload, metadata={k: v for k, v in meta.items() if v is not None}))
         else:
             save_pickle(payload, tmp)
     return path
