@@ -35,17 +35,21 @@ def make_dataset(folder: Path, n: int = 6, caption: str | None = CAPTION) -> Pat
     return folder
 
 
-def shrunk_quickstart(tmp_path: Path, *overrides: str) -> ExperimentConfig:
-    """The quickstart on the tiny preset: a generated dataset under `tmp_path`, batch 1, no
-    saves, previews or evaluation unless the overrides ask, runs under `tmp_path/runs/test/`."""
+def shrink_overrides(tmp_path: Path) -> list[str]:
+    """The overrides that shrink the quickstart (see `shrunk_quickstart`); for command lines too."""
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data)
-    shrink = [
+    return [
         "model.preset=tiny", f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}",
         "training.batch_size=1", "training.max_steps=4", "training.save_every=0", "preview.every=0",
         "eval.every=0", *TINY_EVAL,
         "logging.wandb=false", "logging.progress_bar=false", f"logging.runs_dir={tmp_path / 'runs'}",
         "logging.experiment=test",
     ]
-    return load_config(QUICKSTART, shrink + list(overrides))
+
+
+def shrunk_quickstart(tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    """The quickstart on the tiny preset: a generated dataset under `tmp_path`, batch 1, no
+    saves, previews or evaluation unless the overrides ask, runs under `tmp_path/runs/test/`."""
+    return load_config(QUICKSTART, shrink_overrides(tmp_path) + list(overrides))
