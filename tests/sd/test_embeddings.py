@@ -146,9 +146,10 @@ def _pipeline_with_fresh_text_side(parts):
     )
 
 
+@pytest.mark.parametrize("vpt", [1, 2, 16])
 @pytest.mark.parametrize(("fmt", "filename"), CASES, ids=CASE_IDS)
-def test_diffusers_load_textual_inversion_uses_exactly_our_vectors(tmp_path, tiny_parts, fmt, filename):
-    emb = sample_embedding()
+def test_diffusers_load_textual_inversion_uses_exactly_our_vectors(tmp_path, tiny_parts, fmt, filename, vpt):
+    emb = sample_embedding(n=vpt)
     path = save_embedding(emb, tmp_path / filename, fmt)
     pipe = _pipeline_with_fresh_text_side(tiny_parts)
     # A1111's safetensors carries its token as the file name (key 'emb_params'), so
