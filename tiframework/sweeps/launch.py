@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 
 from tiframework.errors import UserError
+from tiframework.logs import configure_logging
 from tiframework.sweeps import storage as st
 from tiframework.sweeps.schema import check_study_name, load_sweep, sweep_dir
 from tiframework.sweeps.worker import SweepProgress, WorkerSpec, counted, run_worker
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def _worker_main(spec: WorkerSpec, results: Any) -> None:
     """Entry point of a spawned worker: it has no logging setup and no CLI to print errors."""
-    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker-{spec.worker} %(name)s: %(message)s")
+    configure_logging(False, fmt=f"%(levelname)s worker-{spec.worker} %(name)s: %(message)s")
+    optuna.logging.disable_default_handler()  # through the filtered root handler, as in the CLI
+    optuna.logging.enable_propagation()
     try:
         results.put(run_worker(spec))
     except UserError as exc:
