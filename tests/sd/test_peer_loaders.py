@@ -243,3 +243,25 @@ def test_png_without_embedding_and_png_bombs_are_refused(tmp_path):
     Image.fromarray(canvas).save(tmp_path / "bomb.png")
     with pytest.raises(UserError, match="bomb.png: the embedding in its pixels inflates beyond"):
         load_embedding(tmp_path / "bomb.png")
+
+
+def test_every_command_that_reads_embeddings_reads_a1111_files(tmp_path, tiny_parts, capsys):
+    import json
+
+    from tiframework.cli import main
+    from tiframework.training.train import train
+
+    vec = vectors(4, 32)
+    old = peers.write_parameterdict_era_pt(tmp_path / "old.pt", vec, "kiri_ti", 2)
+    image, info = peers.a1111_png_with_text(Image.new("RGB", (16, 16), "white"), _a1111_data(vec, "kiri_ti", 2))
+    image.save(tmp_path / "kiri_ti.png", pnginfo=info)
+    for path, fmt in ((old, "a1111-pt"), (tmp_path / "kiri_ti.png", "a1111-png")):
+        assert main(["embedding", "inspect", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["format"] == fmt
+        out = tmp_path / f"{path.stem}-{fmt}.safetensors"
+        assert main(["embedding", "convert", str(path), str(out)]) == 0
+        assert f"from {path} ({fmt})" in capsys.readouterr().out
+        assert torch.equal(load_embedding(out).vectors, vec)
+        summary = train(shrunk_quickstart(tmp_path, "training.max_steps=3", f"resume={path}",
+                                          f"logging.run_id={fmt}"), parts=tiny_parts)
+        assert summary["final_step"] == 3 and summary["resumed_from"]["step"] == 2
