@@ -34,6 +34,7 @@ from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.evaluation.summary import eval_settings
 from tiframework.sd.embeddings import check_name, create, load_embedding
 from tiframework.sd.models import SDParts, load_model
+from tiframework.sd.names import check_name_text
 from tiframework.sd.optimizer_state import load_optimizer_state
 from tiframework.sd.runtime import Runtime, detect_machine, resolve_runtime
 from tiframework.tracking.runfolder import RunFolder
@@ -213,6 +214,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     if not cfg.data.path:
         raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
     read_templates(cfg.data)  # bad templates fail before the model loads
+    check_name_text(cfg.embedding.name, "embedding.name")  # so does a bad name (the vocabulary check needs it)
     schedule = parse_schedule(cfg.training.learning_rate)
     total = total_steps(schedule, cfg.training.max_steps)
     extra = a1111_extra_step(schedule, cfg.training.max_steps) if cfg.training.lr_scheduler == "a1111" else None
