@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiframework.config import FILE_RELATIVE_KEYS, load_config
+from tiframework.config import load_config
+from tiframework.configpaths import FILE_RELATIVE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiframework.configpaths import anchor_paths
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_write_text
 
@@ -305,30 +306,9 @@ def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]
     return data
 
 
-# Input paths that a config file may give relative to itself (as `extends:` is), so an
-# experiment works from any directory. Outputs (logging.runs_dir, data.cache_dir) and
-# command-line overrides stay relative to the current directory.
-FILE_RELATIVE_KEYS = ("model.path", "model.preview_vae", "data.path", "data.template_file", "eval.reference",
-                      "eval.clip_pretrained", "resume")
-_NOT_A_PATH = re.compile(r"^([A-Za-z][\w+.-]*:|~|toyworld$)")  # `toyworld:kiri`, `~/x`, the `toyworld` keyword
-
-
-def anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """`data` with the relative input paths of FILE_RELATIVE_KEYS made absolute from `folder`."""
-    for key in FILE_RELATIVE_KEYS:
-        *parents, leaf = key.split(".")
-        node: Any = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        value = node.get(leaf) if isinstance(node, dict) else None
-        if isinstance(value, str) and value.strip() and not _NOT_A_PATH.match(value) and not Path(value).is_absolute():
-            node[leaf] = str((folder / value).resolve())
-    return data
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = (), anchor: bool = True) -> dict[str, Any]:
     """Read a YAML config, resolving `extends:` (a path relative to this file) and, with
-    `anchor`, the file's relative input paths (`FILE_RELATIVE_KEYS`)."""
+    `anchor`, the file's relative input paths (`configpaths.FILE_RELATIVE_KEYS`)."""
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: 'extends' forms a cycle")
@@ -383,12 +363,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
                 file_relative: bool = True) -> ExperimentConfig:
-    """Load a YAML experiment (or the defaults when `path` is None) and apply overrides.
-
-    Relative input paths inside the file are relative to the file (`FILE_RELATIVE_KEYS`);
-    `file_relative=False` reads them as they stand (a run folder's saved config, whose paths
-    were resolved when it ran, or relative to where it ran for runs made before).
-    """
+    """Load a YAML experiment (or the defaults when `path` is None) and apply overrides. Relative
+    input paths in the file are relative to it (`configpaths`) unless `file_relative=False`
+    (a run folder's saved config: its paths stand as the run used them)."""
     data = _read_yaml(Path(path), anchor=file_relative) if path else {}
     data = deep_merge(data, parse_overrides(overrides or []))
     if path and not (data.get("logging") or {}).get("experiment"):
