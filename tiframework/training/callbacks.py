@@ -240,6 +240,16 @@ class EvalCallback(StepCallback):
         out["stopped_on_plateau"] = self.stopped_on_plateau
         return out
 
+    def continue_curve(self, rows: list[dict[str, float]], per_image: list[dict[str, Any]],
+                       embeddings: Path, name: str) -> None:
+        """A run resumed in its own folder: its curve goes on from the rows it kept."""
+        self.rows, self.per_image = list(rows), list(per_image)
+        chosen = best_row(self.rows)
+        if chosen is not None:
+            self.best_step = int(chosen["step"])
+            found = embeddings / f"{name}-{self.best_step}.pt"
+            self.best_embedding = found if found.is_file() else None
+
     def on_train_start(self, trainer, pl_module) -> None:
         if not (self.rows and self.rows[-1]["step"] == pl_module.step):  # a resumed run may have this row
             self.evaluate(pl_module, pl_module.step)

@@ -244,7 +244,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
                               extra_callbacks or [])
         if watchers.evaluation is not None and kept_eval:
-            watchers.evaluation.rows = kept_eval  # a resumed run's curve goes on from the rows it keeps
+            watchers.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings,
+                                               cfg.embedding.name)
         trainer = _trainer(cfg, runtime, total - start.step, watchers.all, tracker)
         torch.manual_seed(cfg.training.seed)
         log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
