@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 FILE_RELATIVE_KEYS = ("model.path", "model.preview_vae", "data.path", "data.template_file", "eval.reference",
-                      "eval.clip_pretrained", "resume")
+                      "eval.clip_pretrained", "eval.tagger", "eval.tagger_tags", "resume")
 _NOT_A_PATH = re.compile(r"^([A-Za-z][\w+.-]*:|~|toyworld$)")  # `toyworld:kiri`, `~/x`, the `toyworld` keyword
 
 
