@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tiframework.configpaths import anchor_paths
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_write_text
+from tiframework.yamltree import deep_merge, parse_overrides, read_yaml_mapping, set_dotted
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +293,6 @@ def _did_you_mean(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else " (see `tiframework config keys`)"
 
 
-def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]:
-    """A YAML file's top-level mapping; UserError naming the file if missing, invalid or not a mapping."""
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: {not_mapping}")
-    return data
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = (), anchor: bool = True) -> dict[str, Any]:
     """Read a YAML config, resolving `extends:` (a path relative to this file) and, with
     `anchor`, the file's relative input paths (`configpaths.FILE_RELATIVE_KEYS`)."""
@@ -319,46 +306,6 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = (), anchor: bool = True) -> 
     if base is None:
         return data
     return deep_merge(_read_yaml(path.parent / base, (*seen, path), anchor), data)
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-_OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """`set_dotted(d, "training.max_steps", 20)` sets d["training"]["max_steps"]."""
-    node = tree
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise UserError(f"override {key!r}: {p} is not a section")
-    node[leaf] = value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["training.max_steps=20", "resume=x.pt"]` -> nested dict with YAML-parsed values."""
-    out: dict[str, Any] = {}
-    for item in items:
-        m = _OVERRIDE.match(item)
-        if not m:
-            raise UserError(f"override {item!r}: expected key=value, e.g. training.max_steps=20")
-        key, raw = m.groups()
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        set_dotted(out, key, value)
-    return out
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,

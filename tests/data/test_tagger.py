@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_tagger import BLUE, RED, ROWS, SIDE, TAGS, build_model, write_csv
 
 from tiframework.cli import main
 from tiframework.data.tagger import KAOMOJI, TagOptions, format_tag, select_tags, tag_folder
 from tiframework.data.wd14 import TagRow, WD14Model, load_tag_csv, preprocess
 from tiframework.errors import UserError
+from tiny_tagger import BLUE, RED, ROWS, SIDE, TAGS, build_model, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from runs import TINY_EVAL, make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.cli import main
 from tiframework.training.train import train
 

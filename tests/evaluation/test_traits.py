@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import CAPTION, make_dataset
-from tiny_tagger import build_model, write_csv
 
+from runs import CAPTION, make_dataset
 from tiframework.config import EvalConfig
 from tiframework.data.tags import make_variant
 from tiframework.data.wd14 import WD14Model, load_tag_csv
@@ -23,6 +22,7 @@ from tiframework.evaluation.traits import (
 from tiframework.toyworld.characters import character_images
 from tiframework.toyworld.draw import render
 from tiframework.toyworld.tagger import TAGS_FILE, tag_table, toy_tagger_files
+from tiny_tagger import build_model, write_csv
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "tiframework" / "toyworld" / "weights" / "classifier"
 needs_weights = pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), reason="toy weights not built")

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from reliability import tif
 from runs import QUICKSTART, make_dataset, shrink_overrides
 from runs import shrunk_quickstart as config
-
 from tiframework.config import load_config
 from tiframework.data.images import read_image
 from tiframework.errors import UserError

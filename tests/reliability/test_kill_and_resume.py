@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from reliability import tif
 from runs import QUICKSTART, shrink_overrides
-
 from tiframework.sd.embeddings import load_embedding
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ldm_export import to_ldm_state_dict
 
+from ldm_export import to_ldm_state_dict
 from tiframework.config import ModelConfig
 from tiframework.errors import UserError
 from tiframework.sd.models import CONFIG_ROOT, TOYWORLD_DIR, load_model, load_single_file

@@ -4,8 +4,8 @@ name enters: `embedding create`, training, resume, `embedding convert --name`.""
 from __future__ import annotations
 
 import pytest
-from runs import shrunk_quickstart
 
+from runs import shrunk_quickstart
 from tiframework.cli import main
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import check_name

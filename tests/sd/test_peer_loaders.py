@@ -15,12 +15,12 @@ import stat
 import zipfile
 from pathlib import Path
 
-import peers
 import pytest
 import torch
 from PIL import Image
-from runs import shrunk_quickstart
 
+import peers
+from runs import shrunk_quickstart
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import Embedding, load_embedding, save_embedding
 from tiframework.sd.optimizer_state import a1111_checksum, load_optimizer_state, save_optimizer_state

@@ -298,9 +298,8 @@ class PruneAtFirstReport:
 
 
 def test_pruning_stops_a_trial_early_and_its_wandb_run_is_grouped(tmp_path, experiment, monkeypatch):
-    from wandb_reader import read_run
-
     from tiframework.sweeps.launch import run_sweep
+    from wandb_reader import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     summary = run_sweep(write_sweep(tmp_path, n_trials=1), ["training.max_steps=6", "logging.wandb=true"],

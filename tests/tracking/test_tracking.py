@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from runs import make_dataset
 from runs import shrunk_quickstart as config
-from tiny_tagger import build_model, write_csv
-from wandb_reader import read_run
-
 from tiframework.cli import main
 from tiframework.errors import UserError
 from tiframework.training.train import train
+from tiny_tagger import build_model, write_csv
+from wandb_reader import read_run
 
 
 @pytest.fixture(autouse=True)

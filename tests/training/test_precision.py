@@ -13,8 +13,8 @@ while a run with another seed (other data order and noise) lands well outside th
 from __future__ import annotations
 
 import torch
-from runs import shrunk_quickstart as config
 
+from runs import shrunk_quickstart as config
 from tiframework.sd.embeddings import create, load_embedding
 from tiframework.training.train import train
 

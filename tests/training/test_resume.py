@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import torch
+
 from runs import TINY_EVAL, make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.sd.embeddings import load_embedding
 from tiframework.training.train import train
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from runs import make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.training.train import train
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+
 from runs import make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.config import load_config
 from tiframework.errors import UserError
 from tiframework.training.train import train

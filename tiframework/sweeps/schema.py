@@ -19,14 +19,12 @@ from tiframework.config import (
     ExperimentConfig,
     Section,
     config_from_dict,
-    deep_merge,
     describe_keys,
     load_config,
-    parse_overrides,
-    read_yaml_mapping,
     with_overrides,
 )
 from tiframework.errors import UserError
+from tiframework.yamltree import deep_merge, parse_overrides, read_yaml_mapping
 
 
 class CategoricalParam(Section):

@@ -1,0 +1,69 @@
+"""YAML files and dotted `key=value` overrides as nested dicts.
+
+The plain-data half of configuration, shared by experiment configs (`tiframework.config`)
+and sweep files (`tiframework.sweeps.schema`): read a file's mapping with an error that
+names the file, merge trees, and turn `training.max_steps=20` into a nested dict.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiframework.errors import UserError
+
+
+def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; UserError naming the file if missing, invalid or not a mapping."""
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: {not_mapping}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """`set_dotted(d, "training.max_steps", 20)` sets d["training"]["max_steps"]."""
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key!r}: {p} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["training.max_steps=20", "resume=x.pt"]` -> nested dict with YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise UserError(f"override {item!r}: expected key=value, e.g. training.max_steps=20")
+        key, raw = m.groups()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(out, key, value)
+    return out
