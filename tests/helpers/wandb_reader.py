@@ -52,18 +52,33 @@ def _settled(path: Path, timeout: float = 20.0) -> Path:
     return path
 
 
-def read_run(folder: Path) -> dict:
-    """{'history': [{key: value}], 'run': RunRecord, 'artifacts': [names], 'dir': run folder}"""
+def _items(items) -> dict:
     import json
 
+    return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
+
+
+def read_run(folder: Path) -> dict:
+    """{'history': [{key: value}], 'run': RunRecord, 'artifacts': [names], 'dir': run folder,
+    'config': {key: value} (top level), 'summary': {key: value}, 'metrics': {name or glob: step metric}}"""
     run_file = _settled(next(Path(folder).glob("wandb/offline-run-*/run-*.wandb")))
-    out: dict = {"history": [], "run": None, "artifacts": [], "dir": run_file.parent}
+    out: dict = {"history": [], "run": None, "artifacts": [], "dir": run_file.parent, "config": {}, "summary": {},
+                 "metrics": {}}
     for rec in records(run_file):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+            out["history"].append(_items(rec.history.item))
         elif kind == "run":
             out["run"] = rec.run
+            out["config"].update(_items(rec.run.config.update))
+        elif kind == "config":
+            out["config"].update(_items(rec.config.update))
+        elif kind == "summary":
+            out["summary"].update(_items(rec.summary.update))
+        elif kind == "metric":
+            out["metrics"][rec.metric.name or rec.metric.glob_name] = rec.metric.step_metric
         elif kind == "artifact":
             out["artifacts"].append(rec.artifact.name)
+    # W&B stores each config entry as {"value": ...}; unwrap it
+    out["config"] = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in out["config"].items()}
     return out

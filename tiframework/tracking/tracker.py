@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,15 @@ from tiframework.config import ExperimentConfig
 log = logging.getLogger(__name__)
 
 OFFLINE_MODES = ("offline", "dryrun")
-# Summary keys that W&B's run table and grouped charts show as `eval/<key>`.
-SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_score", "final_score",
+# Summary keys (the run folder's summary.json names) that W&B's run table and grouped charts
+# show as `eval/<key>`: the held-out score of the checkpoint chosen on the selection seeds,
+# the last evaluation's, the step-0 baseline, and the plateau.
+SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_score", "final_step", "final_score",
                 "plateau_step", "plateau_reason", "plateau_noise")
+# Logged with these prefixes, a value is plotted against the optimizer step it was measured
+# at (`train/step`), not W&B's own row counter or Lightning's `trainer/global_step`.
+STEP_METRIC = "train/step"
+BY_OPTIMIZER_STEP = ("eval/", "select/", "preview/")
 
 
 def wandb_mode() -> str:
@@ -42,6 +49,19 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def run_name(cfg: ExperimentConfig, run_dir: Path) -> str:
+    """`<experiment>/<run id>`; a sweep's arm runs read `<study>/<arm>/seed-<s>`."""
+    return f"{cfg.logging.experiment}/{cfg.logging.run_id or run_dir.name}"
+
+
+def run_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The full config, plus top-level `seed` (and `arm`) so dashboards can group by them."""
+    out = cfg.model_dump(mode="json") | {"seed": cfg.training.seed}
+    if cfg.logging.arm is not None:
+        out["arm"] = cfg.logging.arm
+    return out
+
+
 def run_tags(cfg: ExperimentConfig) -> list[str]:
     """Tags that let dashboards group runs by the settings users compare."""
     return [*cfg.logging.wandb_tags, f"vpt={cfg.embedding.vectors_per_token}",
@@ -54,6 +74,7 @@ class Tracker:
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
+        self._by_step: set[str] = set()
         self.logger: WandbLogger | None = self._make_logger() if cfg.logging.wandb else None
 
     def _make_logger(self) -> WandbLogger | None:
@@ -63,12 +84,13 @@ class Tracker:
             return None
         project = c.wandb_project or os.environ.get("WANDB_PROJECT") or "tiframework"
         logger = WandbLogger(
-            project=project, name=f"{c.experiment}/{self.run_dir.name}", save_dir=str(self.run_dir),
+            project=project, name=run_name(self.cfg, self.run_dir), save_dir=str(self.run_dir),
             group=c.wandb_group or c.experiment, tags=run_tags(self.cfg), job_type=c.wandb_job_type,
-            config=self.cfg.model_dump(mode="json"), mode=mode, offline=mode in OFFLINE_MODES,
+            config=run_config(self.cfg), mode=mode, offline=mode in OFFLINE_MODES,
         )
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns on every run
         run = logger.experiment  # start the run now, so its folder exists even if training fails early
+        run.define_metric(STEP_METRIC)
         if mode in OFFLINE_MODES:  # "dryrun" is W&B's old name for offline: there is no URL
             folder = Path(run.dir).parent
             log.info("W&B offline run: %s (upload it later with: wandb sync %s)", folder, folder)
@@ -81,11 +103,23 @@ class Tracker:
             return
         shown = [wandb.Image(img, caption=f"{p} (seed {i})") for p, row in zip(prompts, images, strict=True)
                  for i, img in enumerate(row)]
-        self.logger.experiment.log({"preview/images": shown, "train/step": step})
+        self._define_step_axis(["preview/images"])
+        self.logger.experiment.log({"preview/images": shown, STEP_METRIC: step})
 
     def log_eval(self, row: dict[str, float]) -> None:
         if self.logger is not None:
-            self.logger.log_metrics({k: v for k, v in row.items() if k != "step"} | {"train/step": row["step"]})
+            values = {k: v for k, v in row.items() if k != "step"}
+            self._define_step_axis(list(values))
+            self.logger.log_metrics(values | {STEP_METRIC: row["step"]})
+
+    def _define_step_axis(self, keys: list[str]) -> None:
+        """Plot these metrics against `train/step`. Named one by one: Lightning's logger defines
+        the glob `*` against `trainer/global_step`, and an exact name wins over any glob."""
+        run = self.logger.experiment if self.logger is not None else None
+        for key in keys:
+            if run is not None and key.startswith(BY_OPTIMIZER_STEP) and key not in self._by_step:
+                run.define_metric(key, step_metric=STEP_METRIC)
+                self._by_step.add(key)
 
     def finish(self, summary: dict[str, Any], embedding: Path) -> None:
         """The run's summary numbers and its final embedding, as an Artifact."""
@@ -106,3 +140,33 @@ class Tracker:
             if wandb.run is not None:
                 wandb.finish()
             self.logger = None
+
+
+def log_report(*, project: str | None, group: str, name: str, job_type: str, config: dict[str, Any],
+               tables: dict[str, tuple[list[str], list[list[Any]]]], plots: dict[str, Any],
+               summary: dict[str, Any], files: list[Path], save_dir: Path) -> Path | None:
+    """A report (e.g. `compare`'s verdicts and plots) as its own W&B run in the runs' group.
+
+    Offline unless W&B is configured, like training runs; finished even when logging raises.
+    `plots` are plotly figures; `files` go into one Artifact. Returns the run's folder.
+    """
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project or os.environ.get("WANDB_PROJECT") or "tiframework", group=group,
+                     name=name, job_type=job_type, config=config, dir=str(save_dir), mode=mode)
+    try:
+        run.log({key: wandb.Table(columns=cols, data=rows) for key, (cols, rows) in tables.items()}
+                | {key: wandb.Plotly(fig) for key, fig in plots.items()})
+        for key, value in summary.items():
+            run.summary[key] = value
+        artifact = wandb.Artifact(name=re.sub(r"[^\w.-]", "-", f"{group}-{job_type}"), type=job_type)
+        for file in files:
+            artifact.add_file(str(file))
+        run.log_artifact(artifact)
+        folder = Path(run.dir).parent
+        log.info("W&B %s run (%s): %s", job_type, mode, run.dir if mode == "offline" else run.url)
+    finally:
+        run.finish()
+    return folder
