@@ -257,6 +257,7 @@ class LoggingConfig(Section):
     wandb_group: str | None = None
     wandb_tags: list[str] = Field(default_factory=list)
     wandb_job_type: str = "train"
+    arm: str | None = Field(None, description="the comparison arm this run belongs to (set by sweeps with `arms:`)")
     progress_bar: bool = True
 
 

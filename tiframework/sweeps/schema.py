@@ -1,10 +1,18 @@
 """Sweep files: `sweeps/<name>.yaml`, the schema of an Optuna search over experiment settings.
 
-A sweep names a base experiment (plus overrides), a search space of dotted config keys,
-an objective computed from each run's evaluation curve, and how to search (sampler,
-pruner, seeds, trial count). Everything is checked before any trial starts: unknown
-keys, empty ranges and values the experiment schema rejects give one `UserError` that
-lists every problem. Running a sweep lives in `tiframework.sweeps`.
+A sweep names a base experiment (plus overrides), then either a search space of dotted
+config keys (a search: Optuna proposes configurations) or named `arms:` (a comparison:
+every arm runs once per seed, nothing is searched), an objective computed from each
+run's evaluation curve, and how to search (sampler, pruner, seeds, trial count).
+Everything is checked before any trial starts: unknown keys, empty ranges and values
+the experiment schema rejects give one `UserError` that lists every problem. Running a
+sweep lives in `tiframework.sweeps`.
+
+`space:` and `arms:` are exclusive. An arm is a fixed configuration measured over seeds
+so that `tiframework compare` can test it against the others; a search picks its best
+configuration by looking at the scores, so "the best of arm A's search vs the best of
+arm B's" would compare two selections, not two settings. Search first, then compare
+the settings it found as arms.
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ OBJECTIVES: dict[str, list[str]] = {
 }
 # The sweep owns these: one frozen model per worker, and its own run folders and W&B grouping.
 RESERVED_PREFIXES = ("model.", "logging.", "resume")
+# Folders a study folder already holds (reports, W&B): an arm's run folders must not collide.
+RESERVED_ARM_NAMES = ("report", "compare", "wandb")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STUDY_NAME_RULE = "a study name may use letters, digits, '.', '_' and '-' (it names a folder)"
 
@@ -88,7 +98,13 @@ STUDY_NAME_RULE = "a study name may use letters, digits, '.', '_' and '-' (it na
 class SweepConfig(Section):
     experiment: str = Field(description="base experiment YAML, relative to the sweep file")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys applied to the experiment")
-    space: dict[str, Param] = Field(description="dotted config key -> categorical / int / float distribution")
+    space: dict[str, Param] = Field(
+        default_factory=dict, description="a search: dotted config key -> categorical / int / float distribution"
+    )
+    arms: dict[str, dict[str, Any]] | None = Field(
+        None, description="a comparison instead of a search: arm name -> dotted overrides; every arm runs once "
+        "per seed into <study>/<arm>/seed-<s>/ (exclusive with space)",
+    )
     objective: Literal[tuple(OBJECTIVES)] = Field(
         "best_fidelity",
         description="held-out CLIP fidelity of the checkpoint best on the selection seeds; held-out fidelity at "
@@ -116,6 +132,7 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
+        self._check_arms()
         n = len(OBJECTIVES[self.objective])
         if isinstance(self.direction, list) and len(self.direction) != n:
             raise ValueError(f"direction lists {len(self.direction)} values; objective {self.objective} has {n}")
@@ -130,6 +147,29 @@ class SweepConfig(Section):
         if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
             raise ValueError(STUDY_NAME_RULE)
         return self
+
+    def _check_arms(self) -> None:
+        if self.arms is None:
+            if not self.space:
+                raise ValueError("give a search `space:` or comparison `arms:`")
+            return
+        problems = []
+        if self.space:
+            problems.append("space and arms are exclusive: a sweep either searches or compares fixed arms")
+        if len(self.arms) < 2:
+            problems.append(f"arms: a comparison needs at least two arms (have {len(self.arms)})")
+        for name in self.arms:
+            if not _STUDY_NAME.match(name) or name in RESERVED_ARM_NAMES:
+                problems.append(f"arms.{name}: an arm name may use letters, digits, '.', '_' and '-' (it names a "
+                                f"folder) and is not one of {', '.join(RESERVED_ARM_NAMES)}")
+        if not self.seeds:
+            problems.append("arms need `seeds:` (each arm runs once per seed; at least 2 for an interval)")
+        elif len(set(self.seeds)) != len(self.seeds):
+            problems.append("seeds: a seed is listed twice")
+        if self.pruner != "none":
+            problems.append("arms run every seed to the end (a comparison needs whole curves): set pruner: none")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def path(self) -> Path:
@@ -153,6 +193,8 @@ class SweepConfig(Section):
 
     @property
     def grid_size(self) -> int:
+        if self.arms:
+            return len(self.arms) * len(self.seeds or [])
         size = 1
         for p in self.space.values():
             size *= len(p.choices) if isinstance(p, CategoricalParam) else 0
@@ -160,6 +202,8 @@ class SweepConfig(Section):
 
     def total_trials(self, override: int | None = None) -> int:
         """`--n-trials`, else `n_trials`, else the grid size (grid) or 20; a grid is never repeated."""
+        if self.arms:  # one trial per arm x seed, never repeated
+            return min(override or self.n_trials or self.grid_size, self.grid_size)
         n = override or self.n_trials or (self.grid_size if self.sampler == "grid" else 20)
         return min(n, self.grid_size) if self.sampler == "grid" else n
 
@@ -178,10 +222,36 @@ def _sample_values(param: CategoricalParam | IntParam | FloatParam) -> list[Any]
     return list(param.choices) if isinstance(param, CategoricalParam) else [param.low, param.high]
 
 
-def space_problems(sweep: SweepConfig, base: ExperimentConfig) -> list[str]:
-    """Every problem with the search space against the base experiment (empty when fine)."""
-    known = {key for key, _, _ in describe_keys()}
+def arm_problems(sweep: SweepConfig, base: ExperimentConfig, known: set[str]) -> list[str]:
+    """Every problem with the arms against the base experiment (empty when fine)."""
     problems = []
+    for arm, overrides in (sweep.arms or {}).items():
+        bad = len(problems)
+        for key, value in overrides.items():
+            where = f"arms.{arm}.{key}"
+            if key not in known:
+                problems.append(f"{where}: not a config key (see `tiframework config keys`)")
+            elif key.startswith(RESERVED_PREFIXES):
+                problems.append(f"{where}: an arm cannot vary {key} (one model per worker; the sweep names runs)")
+            elif key == "training.seed":
+                problems.append(f"{where}: seeds come from `seeds:`, the same for every arm")
+            else:
+                try:
+                    with_overrides(base, {key: value})
+                except UserError as err:
+                    problems.append(f"{where}: value {value!r} is rejected: {str(err).removeprefix('config: ')}")
+        if len(problems) == bad:
+            try:  # each key alone is fine; together they must be too
+                with_overrides(base, overrides)
+            except UserError as err:
+                problems.append(f"arms.{arm}: rejected: {str(err).removeprefix('config: ')}")
+    return problems
+
+
+def space_problems(sweep: SweepConfig, base: ExperimentConfig) -> list[str]:
+    """Every problem with the search space or the arms against the base experiment (empty when fine)."""
+    known = {key for key, _, _ in describe_keys()}
+    problems = arm_problems(sweep, base, known)
     for key, param in sweep.space.items():
         if key not in known:
             problems.append(f"space.{key}: not a config key (see `tiframework config keys`)")
@@ -228,7 +298,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
             # Drop pydantic's discriminator tags (`space.x.int.low` -> `space.x.low`).
             loc = [str(p) for p in e["loc"] if p not in ("categorical", "int", "float")]
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-            parts.append(f"{'.'.join(loc) or '<root>'}: {msg}")
+            parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
         raise UserError(f"{path}: " + "; ".join(parts)) from None
     sweep._path = path.resolve()
     # Checks the space against the real experiment now, not at trial 1; kept for the workers.
@@ -250,6 +320,19 @@ def trial_overrides(sweep: SweepConfig, study: str, number: int, params: dict[st
         "logging.runs_dir": str(Path(runs_dir) / "sweeps"), "logging.experiment": study,
         "logging.run_id": run_id, "logging.wandb_group": study, "logging.wandb_tags": tags,
         "logging.wandb_job_type": "sweep",
+    })
+    return out
+
+
+def arm_run_overrides(sweep: SweepConfig, study: str, arm: str, seed: int, runs_dir: str) -> dict[str, Any]:
+    """Dotted overrides that turn the base experiment into one arm's run with one seed:
+    `<runs_dir>/sweeps/<study>/<arm>/seed-<seed>/`, W&B group = study, `arm` and `seed` recorded."""
+    out: dict[str, Any] = dict((sweep.arms or {})[arm])
+    out.update({
+        "training.seed": seed, "logging.runs_dir": str(Path(runs_dir) / "sweeps"), "logging.experiment": study,
+        "logging.run_id": f"{arm}/seed-{seed}", "logging.arm": arm, "logging.wandb_group": study,
+        "logging.wandb_tags": [f"sweep={study}", f"arm={arm}"[:64], f"seed={seed}"],
+        "logging.wandb_job_type": "ablation",
     })
     return out
 

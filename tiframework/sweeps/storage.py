@@ -171,12 +171,14 @@ def signature(sweep: SweepConfig, base: ExperimentConfig) -> dict[str, Any]:
     flat = {k: v for k, v in flat.items() if not k.startswith(_SIGNATURE_SKIP)}
     sig = {"space": {k: p.model_dump(mode="json") for k, p in sweep.space.items()},
            "objective": sweep.objective, "directions": sweep.directions, "seeds": sweep.seeds, "base": flat}
+    if sweep.arms:  # absent for searches, so studies made before arms existed still match
+        sig["arms"] = sweep.arms
     return json.loads(json.dumps(sig, sort_keys=True))  # the form it has after a round trip through storage
 
 
 def _differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
-    out = [f"{part} (was {json.dumps(have.get(part))}, now {json.dumps(want[part])})"
-           for part in ("space", "objective", "directions", "seeds") if have.get(part) != want[part]]
+    out = [f"{part} (was {json.dumps(have.get(part))}, now {json.dumps(want.get(part))})"
+           for part in ("space", "arms", "objective", "directions", "seeds") if have.get(part) != want.get(part)]
     old, new = have.get("base", {}), want["base"]
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if keys:

@@ -19,6 +19,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -29,12 +30,14 @@ from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
 from tiframework.errors import UserError
 from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
 from tiframework.sd.models import load_model
+from tiframework.sweeps import arms
 from tiframework.sweeps import storage as st
 from tiframework.sweeps.schema import (
     OBJECTIVES,
     CategoricalParam,
     IntParam,
     SweepConfig,
+    arm_run_overrides,
     load_sweep,
     sweep_dir,
 )
@@ -160,6 +163,8 @@ def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> 
 def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if sweep.arms:  # every trial is enqueued with its arm and seed: nothing to sample
+            return optuna.samplers.RandomSampler(seed=seed)
         if sweep.sampler == "grid":
             grid = {k: p.choices for k, p in sweep.space.items() if isinstance(p, CategoricalParam)}
             return optuna.samplers.GridSampler(grid, seed=seed)
@@ -228,7 +233,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.gate.release()  # our trial exists now: the next worker may count and ask
-        params = suggest(trial, self.sweep)
+        params = arms.suggest_arm(trial, self.sweep) if self.sweep.arms else suggest(trial, self.sweep)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("seeds", {})  # a retried trial inherits its dead predecessor's attrs
         trial.set_user_attr("model_load_s", round(self.load_s, 3))
@@ -253,13 +258,21 @@ class Objective:
 
     def _run_seeds(self, trial: optuna.Trial, params: dict[str, Any]) -> float | list[float]:
         seeds: list[int | None] = list(self.sweep.seeds) if self.sweep.seeds else [None]
+        if self.sweep.arms:  # a comparison trial is one arm with one seed
+            seeds = [params[arms.SEED]]
         results: dict[str, dict[str, Any]] = {}
         for i, seed in enumerate(seeds):
-            over = make_trial_overrides(self.sweep, self.study_name, trial.number, params, seed,
-                                        self.base.logging.runs_dir)
+            if self.sweep.arms:
+                over = arm_run_overrides(self.sweep, self.study_name, params[arms.ARM], params[arms.SEED],
+                                         self.base.logging.runs_dir)
+            else:
+                over = make_trial_overrides(self.sweep, self.study_name, trial.number, params, seed,
+                                            self.base.logging.runs_dir)
             if not self.run_progress:
                 over["logging.progress_bar"] = False
             cfg = with_overrides(self.base, over)
+            if self.sweep.arms:
+                arms.set_aside(Path(cfg.logging.runs_dir) / str(cfg.logging.experiment) / str(cfg.logging.run_id))
             rows: list[dict[str, float]] = []
             self.saved_s += self.load_s if self.runs else 0.0
             self.runs += 1
@@ -291,6 +304,16 @@ class Objective:
         return on_eval
 
 
+def _start_one(study: optuna.Study, sweep: SweepConfig, trials: list[FrozenTrial], n_trials: int) -> bool:
+    """Whether to start a trial now (under the gate): a retry is waiting, or the budget is not
+    used up. A comparison enqueues the arm x seed pair the trial will run."""
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    if counted(trials) >= n_trials:
+        return False
+    return not sweep.arms or arms.enqueue_next(study, sweep, budget_trials(trials)) is not None
+
+
 def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n_trials: int,
                 poll_s: float, progress: SweepProgress | None) -> int:
     """Run trials until the study holds n_trials counted ones and none is left to retry."""
@@ -301,7 +324,7 @@ def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial -> FAIL + a WAITING retry
             trials = study.get_trials(deepcopy=False)
-            if counted(trials) < n_trials or any(t.state == TrialState.WAITING for t in trials):
+            if _start_one(study, objective.sweep, trials, n_trials):
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                                callbacks=[progress] if progress else None)
                 ran += 1
