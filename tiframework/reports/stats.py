@@ -53,6 +53,11 @@ def _clean(values: list[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
+def _no_spread(sd: float, values: list[float]) -> bool:
+    """An sd that is only float rounding (values equal up to the last bits) counts as 0."""
+    return sd <= 1e-12 * max(1.0, *(abs(v) for v in values))
+
+
 def mean_interval(values: list[float | None], level: float = LEVEL) -> Interval | None:
     """Mean and t-interval of the finite values; None when there are none."""
     xs = _clean(values)
@@ -62,7 +67,7 @@ def mean_interval(values: list[float | None], level: float = LEVEL) -> Interval 
     if len(xs) < 2:
         return Interval(mean, None, None, 1, None)
     sd = statistics.stdev(xs)
-    if sd == 0:  # every seed gave the same number: the interval is that number
+    if _no_spread(sd, xs):  # every seed gave the same number: the interval is that number
         return Interval(mean, mean, mean, len(xs), 0.0)
     low, high = stats.ttest_1samp(xs, 0.0).confidence_interval(level)
     return Interval(mean, float(low), float(high), len(xs), sd)
@@ -110,16 +115,23 @@ def compare_samples(a: list[float], b: list[float], paired: bool, level: float =
         if len(d) < 2:
             return PairTest(diff, None, None, None, test, None, kind, None, len(a), len(b))
         sd = statistics.stdev(d)
+        sd = 0.0 if _no_spread(sd, a + b) else sd
         result = stats.ttest_rel(a, b) if sd > 0 else None
     else:
         diff = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
         if len(a) < 2 or len(b) < 2:
             return PairTest(diff, None, None, None, test, None, kind, None, len(a), len(b))
         sd = _pooled_sd(a, b)
-        result = stats.ttest_ind(a, b, equal_var=False) if sd > 0 else None
+        sd = 0.0 if _no_spread(sd, a + b) else sd
+        with warnings.catch_warnings():
+            # One arm may be constant (e.g. a deterministic score): its variance is exactly 0,
+            # which scipy flags as "nearly identical" data; Welch's test handles it.
+            warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+            result = stats.ttest_ind(a, b, equal_var=False) if sd > 0 else None
     if result is None:
-        return PairTest(diff, diff, diff, 1.0 if diff == 0 else 0.0, test, 0.0 if diff == 0 else None, kind,
-                        0.0, len(a), len(b))
+        if _no_spread(abs(diff), a + b):
+            return PairTest(0.0, 0.0, 0.0, 1.0, test, 0.0, kind, 0.0, len(a), len(b))
+        return PairTest(diff, diff, diff, 0.0, test, None, kind, 0.0, len(a), len(b))
     low, high = result.confidence_interval(level)
     return PairTest(diff, float(low), float(high), float(result.pvalue), test, diff / sd, kind, sd, len(a), len(b))
 

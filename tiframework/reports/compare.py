@@ -1,0 +1,260 @@
+"""`tiframework compare`: arms of runs, compared metric by metric with intervals and tests.
+
+`build_comparison(runset)` returns the whole result as plain data (what `comparison.json`
+holds): per arm, curves over steps (mean and 95% t-interval over seeds), the step-0
+baseline, the score at the chosen checkpoint and at the last evaluation, gains over the
+baseline and plateau counts; per pair of arms, the difference on each per-run summary
+with its interval, a paired or Welch t-test, an effect size, Holm-adjusted p-values over
+every test in the report, and a one-line verdict. `write_comparison` writes
+`comparison.json`, `report.md` and `report.html` atomically.
+
+Run folders made before the eval-file contract (no selection scores, no `_se` columns,
+no plateau reasons) are read too; the report says which fallback it used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tiframework.evaluation.metrics import FIDELITY
+from tiframework.fileio import atomic_write_text
+from tiframework.reports import compare_html, compare_text, stats
+from tiframework.reports.catalog import PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
+from tiframework.reports.runset import Arm, Run, RunSet
+from tiframework.reports.targets import load_runset
+from tiframework.tracking.tracker import log_report
+
+CHOSEN_ON_SELECTION = "selection"
+CHOSEN_ON_HELD_OUT = "held-out"  # a run from before selection seeds: the choice peeked
+NO_REASON = "not recorded"
+
+
+def chosen_step(run: Run) -> tuple[int, str]:
+    """The step of the run's chosen checkpoint and what it was chosen on.
+
+    The run's own `best_step` (argmax of `select/clip_fidelity`, the contract); a run without
+    selection scores chose on the held-out fidelity itself (`held-out`: biased upward).
+    """
+    rows = run.rows
+    selection = any(SELECT_FIDELITY in r for r in rows)
+    steps = {r["step"] for r in rows}
+    best = run.summary.get("best_step")
+    if best not in steps:
+        key = SELECT_FIDELITY if selection else FIDELITY
+        scored = [r for r in rows if key in r] or rows
+        best = max(scored, key=lambda r: (r.get(key, float("-inf")), -r["step"]))["step"]
+    return int(best), CHOSEN_ON_SELECTION if selection else CHOSEN_ON_HELD_OUT
+
+
+def run_values(run: Run, metrics: list[Metric]) -> dict[str, Any]:
+    """One run's per-metric numbers: baseline (step 0), at the chosen checkpoint, final; plateau."""
+    by_step = {r["step"]: r for r in run.rows}
+    best_step, chosen_on = chosen_step(run)
+    best, final, base = by_step[best_step], run.rows[-1], by_step.get(0, run.rows[0])
+    values: dict[str, Any] = {}
+    for m in metrics:
+        values[m.key] = {"baseline": base.get(m.key), "best": best.get(m.key), "final": final.get(m.key),
+                         "best_se": best.get(m.se_key), "final_se": final.get(m.se_key)}
+    plateau = run.summary.get("plateau_step")
+    reason = run.summary.get("plateau_reason") or ("plateau" if plateau is not None else NO_REASON)
+    return {"seed": run.seed, "run": str(run.path), "best_step": best_step, "final_step": final["step"],
+            "chosen_on": chosen_on, "plateau_step": plateau, "plateau_reason": reason, "metrics": values,
+            "has_se": any(k.endswith("_se") for r in run.rows for k in r)}
+
+
+def _interval(values: list[float | None]) -> dict[str, Any] | None:
+    iv = stats.mean_interval(values)
+    return iv.as_dict() if iv else None
+
+
+def curves(arm: Arm, metric: Metric) -> list[dict[str, Any]]:
+    """Per step: mean, 95% t-interval and n over the arm's runs that evaluated at that step."""
+    steps = sorted({r["step"] for run in arm.runs for r in run.rows if metric.key in r})
+    out = []
+    for step in steps:
+        vals = [r[metric.key] for run in arm.runs for r in run.rows if r["step"] == step and metric.key in r]
+        out.append({"step": step} | (_interval(vals) or {}))
+    return out
+
+
+def arm_metric(arm: Arm, per_run: list[dict[str, Any]], metric: Metric) -> dict[str, Any]:
+    vals = [v["metrics"][metric.key] for v in per_run]
+
+    def gains(kind: str) -> list[float | None]:
+        return [None if v[kind] is None or v["baseline"] is None else v[kind] - v["baseline"] for v in vals]
+
+    return {
+        "curve": curves(arm, metric),
+        **{kind: _interval([v[kind] for v in vals]) for kind in ("baseline", *SUMMARIES)},
+        **{f"gain_{kind}": _interval(gains(kind)) for kind in SUMMARIES},
+        "per_seed": [{"seed": p["seed"], "run": p["run"], "best_step": p["best_step"]}
+                     | {k: v[k] for k in ("baseline", "best", "best_se", "final", "final_se")}
+                     | {"curve": [[r["step"], r[metric.key]] for r in run.rows if metric.key in r]}
+                     for p, v, run in zip(per_run, vals, arm.runs, strict=True)],
+    }
+
+
+def arm_plateau(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"step": _interval([p["plateau_step"] for p in per_run]),
+            "reasons": dict(Counter(p["plateau_reason"] for p in per_run)),
+            "per_seed": [{"seed": p["seed"], "step": p["plateau_step"], "reason": p["plateau_reason"]}
+                         for p in per_run]}
+
+
+def matched(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Every seed ran in both arms, once: the runs pair up by seed."""
+    sa, sb = [p["seed"] for p in a], [p["seed"] for p in b]
+    return None not in sa and len(set(sa)) == len(sa) and sorted(sa) == sorted(sb) and len(sa) >= 2
+
+
+def _samples(a: list[dict[str, Any]], b: list[dict[str, Any]], value: Any) -> tuple[list[float], list[float], bool]:
+    """The two arms' values (None dropped); aligned by seed when the arms are matched."""
+    if matched(a, b):
+        by_seed = {p["seed"]: p for p in b}
+        pairs = [(value(p), value(by_seed[p["seed"]])) for p in a]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        return [x for x, _ in pairs], [y for _, y in pairs], True
+    return [v for v in map(value, a) if v is not None], [v for v in map(value, b) if v is not None], False
+
+
+def pair_tests(names: list[str], per_run: dict[str, list[dict[str, Any]]], metrics: list[Metric]) -> list[dict[str, Any]]:
+    """Every pair of arms x tested metric x summary (and the plateau step), Holm-corrected together."""
+    rows = []
+    for a, b in itertools.combinations(names, 2):
+        for m in [m for m in metrics if m.tested]:
+            for kind in SUMMARIES:
+                xs, ys, paired = _samples(per_run[a], per_run[b], lambda p, m=m, k=kind: p["metrics"][m.key][k])
+                rows.append(_row(a, b, m, kind, stats.compare_samples(xs, ys, paired)))
+        xs, ys, paired = _samples(per_run[a], per_run[b], lambda p: p["plateau_step"])
+        row = _row(a, b, PLATEAU, "plateau", stats.compare_samples(xs, ys, paired))
+        left_out = sum(p["plateau_step"] is None for p in per_run[a] + per_run[b])
+        if left_out:
+            row["note"] = f"{left_out} run(s) without a plateau left out (their plateau is after their last step)"
+        rows.append(row)
+    tested = [r for r in rows if r["p"] is not None]
+    alpha = stats.ALPHA / max(1, len(tested))  # the Bonferroni bound Holm's first step uses
+    for row, p_adj in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
+        t: stats.PairTest = row.pop("_test")
+        needed = stats.seeds_needed(t.diff, t.sd, t.paired, alpha=alpha)
+        row.update(p_adjusted=p_adj, seeds_needed=needed,
+                   verdict=stats.verdict(row["a"], row["b"], t, p_adj, row.pop("_better"), needed))
+    return rows
+
+
+def _row(a: str, b: str, m: Metric, kind: str, t: stats.PairTest) -> dict[str, Any]:
+    ci = None if t.low is None else [t.low, t.high]
+    diff = t.diff if math.isfinite(t.diff) else None  # no values in an arm: nothing to subtract
+    return {"a": a, "b": b, "metric": m.key, "label": m.label, "summary": kind, "diff": diff, "ci": ci,
+            "p": t.p, "effect_size": t.effect_size, "effect_size_kind": t.effect_size_kind, "test": t.test,
+            "n_a": t.n_a, "n_b": t.n_b, "sd": t.sd, "_test": t, "_better": m.better}
+
+
+def fallback_notes(per_run: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What the report had to assume about run folders older than the eval-file contract."""
+    runs = [p for ps in per_run.values() for p in ps]
+    notes = []
+    peeked = sum(p["chosen_on"] == CHOSEN_ON_HELD_OUT for p in runs)
+    if peeked:
+        notes.append(f"{peeked} of {len(runs)} runs have no selection scores ({SELECT_FIDELITY}; made before "
+                     "eval.selection_seeds): their checkpoint was chosen on the same held-out images that score "
+                     "it, so 'at the chosen checkpoint' is biased upward there, fidelity most. The final "
+                     "score is not.")
+    no_se = sum(not p["has_se"] for p in runs)
+    if no_se:
+        notes.append(f"{no_se} of {len(runs)} runs have no per-evaluation standard errors (_se columns): "
+                     "their per-seed points carry no error bars.")
+    no_reason = sum(p["plateau_reason"] == NO_REASON for p in runs)
+    if no_reason:
+        notes.append(f"{no_reason} of {len(runs)} runs record no plateau_reason and no plateau step: counted "
+                     f"as '{NO_REASON}' (still rising or no gain).")
+    return notes
+
+
+def build_comparison(runset: RunSet) -> dict[str, Any]:
+    arms = [a for a in runset.arms if a.runs]
+    metrics = present([r.rows for a in arms for r in a.runs])
+    per_run = {a.name: [run_values(r, metrics) for r in a.runs] for a in arms}
+    notes = list(runset.notes) + fallback_notes(per_run)
+    notes += [f"arm {a.name}: {e['run']} left out ({e['reason']})" for a in runset.arms for e in a.excluded]
+    if runset.confounders:
+        keys = ", ".join(sorted(runset.confounders))
+        notes.append(f"the arms also differ in {keys}: a difference cannot be put down to "
+                     f"{', '.join(runset.by) or 'the arm settings'} alone")
+    return {
+        "version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": runset.source, "group": runset.group, "by": runset.by,
+        "method": method(),
+        "arms": [{"name": a.name, "overrides": a.overrides, "n": len(a.runs), "seeds": a.seeds,
+                  "runs": [str(r.path) for r in a.runs], "excluded": a.excluded} for a in runset.arms],
+        "confounders": runset.confounders, "notes": notes,
+        "metrics": {m.key: {"label": m.label, "better": m.better, "tested": m.tested,
+                            "arms": {a.name: arm_metric(a, per_run[a.name], m) for a in arms}} for m in metrics},
+        "plateau": {a.name: arm_plateau(per_run[a.name]) for a in arms},
+        "pairs": pair_tests([a.name for a in arms], per_run, metrics),
+    }
+
+
+def method() -> dict[str, Any]:
+    return {
+        "interval": f"two-sided {stats.LEVEL:.0%} Student-t interval of the mean over seeds (n - 1 df)",
+        "tests": "paired t-test on per-seed differences when every seed ran in both arms, else Welch's t-test",
+        "effect_size": "paired: d_z = mean difference / sd of differences; Welch: Cohen's d with the pooled sd",
+        "correction": f"Holm over every test in the report, family-wise alpha {stats.ALPHA}",
+        "power": f"seeds per arm for {stats.POWER:.0%} power to detect the observed difference with the observed "
+                 f"sd, two-sided at alpha {stats.ALPHA} / number of tests (the Bonferroni bound Holm starts from)",
+        "summaries": {"best": "held-out score at the checkpoint chosen on the selection seeds (best_step)",
+                      "final": "held-out score at the last evaluation",
+                      "plateau": "plateau_step over the runs that reached one"},
+    }
+
+
+def write_comparison(result: dict[str, Any], out: Path, html: str, markdown: str) -> dict[str, Path]:
+    """comparison.json, report.md and report.html in `out`, each written atomically."""
+    files = {"json": out / "comparison.json", "md": out / "report.md", "html": out / "report.html"}
+    atomic_write_text(files["json"], json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(files["md"], markdown)
+    atomic_write_text(files["html"], html)
+    return files
+
+
+
+@dataclass
+class Compared:
+    result: dict[str, Any]
+    out: Path
+    files: dict[str, Path]
+    wandb_dir: Path | None
+
+
+def compare(targets: list[str], by: list[str] | None = None, study_name: str | None = None,
+            out_dir: str | Path | None = None, wandb: bool = True) -> Compared:
+    """Load the arms, compare them, write the report files and (unless `wandb=False`) a W&B run."""
+    runset = load_runset(targets, by, study_name)
+    result = build_comparison(runset)
+    out = Path(out_dir) if out_dir else runset.default_out
+    out.mkdir(parents=True, exist_ok=True)
+    curve_plots, seed_plots = compare_html.figures(result)
+    files = write_comparison(result, out, compare_html.html(result, curve_plots, seed_plots),
+                             compare_text.markdown(result))
+    wandb_dir = None
+    if wandb:
+        rows = compare_text.verdict_rows(result)
+        cols = list(compare_text.VERDICT_COLUMNS)
+        wandb_dir = log_report(
+            project=runset.wandb_project, group=runset.group, name=f"{runset.group}/compare", job_type="compare",
+            config={"source": result["source"], "by": result["by"],
+                    "arms": {a["name"]: a["overrides"] for a in result["arms"]},
+                    "n": {a["name"]: a["n"] for a in result["arms"]}},
+            tables={"compare/verdicts": (cols, [[r[c] for c in cols] for r in rows])},
+            plots={f"compare/{p.id}": p.figure for p in curve_plots + seed_plots},
+            summary={f"verdict/{p['metric'].removeprefix('eval/')}/{p['summary']}/{p['a']} vs {p['b']}": p["verdict"]
+                     for p in result["pairs"]},
+            files=[files["json"], files["md"], files["html"]], save_dir=out)
+    return Compared(result, out, files, wandb_dir)

@@ -1,0 +1,149 @@
+"""`report.html` of a comparison: the verdict table, then per metric the curves over steps
+(mean line and 95% band per arm, each seed's points), the per-seed scores at the chosen
+checkpoint and at the end, the plateau steps, and the eval images arm x step.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tiframework.reports import compare_text as text
+from tiframework.reports.html import Plot, color, plot, png_data_uri, render, slug
+
+EVAL_IMAGES = "eval_images"
+_IMAGE_STEP = re.compile(r"^step-(\d+)\.png$")
+
+
+def curve_figure(metric: dict[str, Any], key: str) -> Plot:
+    fig = go.Figure()
+    for i, (arm, m) in enumerate(metric["arms"].items()):
+        pts = [p for p in m["curve"] if "mean" in p]
+        steps = [p["step"] for p in pts]
+        banded = [p for p in pts if p.get("ci")]
+        if banded:
+            xs = [p["step"] for p in banded]
+            fig.add_trace(go.Scatter(
+                x=xs + xs[::-1], y=[p["ci"][1] for p in banded] + [p["ci"][0] for p in banded][::-1],
+                fill="toself", fillcolor=color(i, 0.18), line={"width": 0}, hoverinfo="skip",
+                legendgroup=arm, showlegend=False, name=f"{arm} 95% interval"))
+        fig.add_trace(go.Scatter(
+            x=steps, y=[p["mean"] for p in pts], mode="lines+markers", name=f"{arm} (mean)", legendgroup=arm,
+            line={"color": color(i)}, customdata=[[p["n"]] for p in pts],
+            hovertemplate="step %{x}<br>mean %{y:.4g}<br>n=%{customdata[0]}<extra>" + arm + "</extra>"))
+        points = [(step, value, f"seed {run['seed']}") for run in m["per_seed"] for step, value in run["curve"]]
+        xs, ys, labels = ([p[k] for p in points] for k in range(3))
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers", marker={"color": color(i), "size": 5, "opacity": 0.45},
+            name=f"{arm} (each seed)", legendgroup=arm, text=labels,
+            hovertemplate="%{text}<br>step %{x}: %{y:.4g}<extra>" + arm + "</extra>"))
+    fig.update_xaxes(title="optimizer step")
+    fig.update_yaxes(title=metric["label"])
+    return plot(fig, slug("curve", key), f"{metric['label']} over training",
+                "Line: mean over seeds; band: 95% Student-t interval; dots: each seed's run.")
+
+
+def _offsets(n: int) -> list[float]:
+    return [0.0] if n < 2 else [-0.18 + 0.36 * j / (n - 1) for j in range(n)]
+
+
+def seed_figure(metric: dict[str, Any], key: str) -> Plot:
+    """Per-seed values (± their image-sampling SE where recorded) and the arm's mean ± 95% CI."""
+    kinds = list(text.SUMMARIES)
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[text.SUMMARIES[k] for k in kinds], shared_yaxes=True)
+    arms = list(metric["arms"])
+    for col, kind in enumerate(kinds, start=1):
+        for i, arm in enumerate(arms):
+            m = metric["arms"][arm]
+            runs = [r for r in m["per_seed"] if r[kind] is not None]
+            se = [r.get(f"{kind}_se") for r in runs]
+            fig.add_trace(go.Scatter(
+                x=[i + o for o in _offsets(len(runs))], y=[r[kind] for r in runs], mode="markers",
+                marker={"color": color(i), "size": 8}, name=arm, legendgroup=arm, showlegend=col == 1,
+                error_y={"type": "data", "array": [s or 0 for s in se], "visible": any(s is not None for s in se)},
+                text=[f"seed {r['seed']}, step {r['best_step'] if kind == 'best' else 'last'}" for r in runs],
+                hovertemplate="%{text}: %{y:.4g}<extra>" + arm + "</extra>"), row=1, col=col)
+            stat = m[kind]
+            if stat and stat.get("ci"):
+                fig.add_trace(go.Scatter(
+                    x=[i + 0.32], y=[stat["mean"]], mode="markers", marker={"color": "black", "symbol": "diamond"},
+                    error_y={"type": "data", "symmetric": False, "array": [stat["ci"][1] - stat["mean"]],
+                             "arrayminus": [stat["mean"] - stat["ci"][0]]},
+                    showlegend=False, hovertemplate=f"{arm} mean %{{y:.4g}} (95% CI)<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(tickvals=list(range(len(arms))), ticktext=arms, range=[-0.6, len(arms) - 0.4], row=1, col=col)
+    fig.update_yaxes(title=metric["label"], row=1, col=1)
+    return plot(fig, slug("seeds", key), f"{metric['label']}: each seed",
+                "Dots: one run each (error bars: its image-sampling standard error, where recorded); "
+                "black diamond: the arm's mean with its 95% interval over seeds.")
+
+
+def plateau_figure(plateau: dict[str, Any]) -> Plot:
+    fig = go.Figure()
+    for i, (arm, p) in enumerate(plateau.items()):
+        runs = [r for r in p["per_seed"] if r["step"] is not None]
+        fig.add_trace(go.Scatter(
+            x=[i + o for o in _offsets(len(runs))], y=[r["step"] for r in runs], mode="markers",
+            marker={"color": color(i), "size": 8}, name=arm, text=[f"seed {r['seed']}" for r in runs],
+            hovertemplate="%{text}: step %{y}<extra>" + arm + "</extra>"))
+    counts = "; ".join(f"{arm}: " + ", ".join(f"{k} {v}" for k, v in p["reasons"].items()) for arm, p in plateau.items())
+    fig.update_xaxes(tickvals=list(range(len(plateau))), ticktext=list(plateau), range=[-0.6, len(plateau) - 0.4])
+    fig.update_yaxes(title="plateau step")
+    return plot(fig, "plateau", "plateau step of each run", f"Runs per plateau reason: {counts}.")
+
+
+def image_grids(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Per arm, rows of runs x columns of eval steps, from `<run>/eval_images/step-*.png`."""
+    grids, missing = [], 0
+    for arm in result["arms"]:
+        images = {run: _step_images(Path(run)) for run in arm["runs"]}
+        missing += sum(not found for found in images.values())
+        steps = sorted({s for found in images.values() for s in found})
+        if not steps:
+            continue
+        seeds = dict(zip(arm["runs"], arm["seeds"], strict=True))
+        rows = [{"seed": seeds[run], "cells": [png_data_uri(found[s]) if s in found else None for s in steps]}
+                for run, found in images.items()]
+        grids.append({"arm": arm["name"], "steps": steps, "rows": rows})
+    total = sum(len(a["runs"]) for a in result["arms"])
+    note = ""
+    if missing:
+        note = (f"{missing} of {total} runs have no {EVAL_IMAGES}/step-*.png (run folders made before eval "
+                "images were saved): nothing to show for them.")
+    return grids, note
+
+
+def _step_images(run: Path) -> dict[int, Path]:
+    folder = run / EVAL_IMAGES
+    found = {}
+    for path in sorted(folder.glob("step-*.png")) if folder.is_dir() else []:
+        match = _IMAGE_STEP.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def figures(result: dict[str, Any]) -> tuple[list[Plot], list[Plot]]:
+    """(one curve plot per metric, one per-seed plot per metric + the plateau plot)."""
+    curve_plots = [curve_figure(m, k) for k, m in result["metrics"].items()]
+    seed_plots = [seed_figure(m, k) for k, m in result["metrics"].items()] + [plateau_figure(result["plateau"])]
+    return curve_plots, seed_plots
+
+
+def html(result: dict[str, Any], curve_plots: list[Plot], seed_plots: list[Plot]) -> str:
+    """The page of a `compare.build_comparison` result, with its `figures`."""
+    grids, images_note = image_grids(result)
+    plateau_columns, plateau_rows = text.plateau_rows(result)
+    arms_line = " vs ".join(f"{a['name']} ({a['n']} runs)" for a in result["arms"])
+    return render(
+        "compare.html.j2", title=f"Comparison: {result['group']}", arms_line=arms_line, result=result,
+        verdict_columns=text.verdict_columns(result), verdict_rows=text.verdict_rows(result),
+        pair_line=text.pair_line(result),
+        detected=lambda row: "detected" if row.get("detected") == "yes" else "",
+        curve_plots=curve_plots, seed_plots=seed_plots, grids=grids, images_note=images_note,
+        arm_columns=text.ARM_COLUMNS, arm_rows=text.arm_rows(result),
+        baseline_columns=text.BASELINE_COLUMNS, baseline_rows=text.baseline_rows(result),
+        plateau_columns=plateau_columns, plateau_rows=plateau_rows, method_lines=text.method_lines(result))
