@@ -186,3 +186,11 @@ def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
     assert logged["compare/verdicts/_type"] == "table-file"
     assert logged["compare/curve-eval-clip-fidelity/_type"] == "plotly-file"
     assert got["summary"]["verdict/clip_fidelity/final/a vs b"] == "no detectable difference (identical in every run)"
+
+
+def test_the_catalog_reads_the_names_training_writes():
+    from tiframework.evaluation import metrics
+    from tiframework.reports import catalog
+
+    assert (catalog.FIDELITY, catalog.FIDELITY_BEST_MATCH, catalog.FLEXIBILITY) == (
+        metrics.FIDELITY, metrics.FIDELITY_BEST_MATCH, metrics.FLEXIBILITY)

@@ -23,13 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tiframework.evaluation.metrics import FIDELITY
 from tiframework.fileio import atomic_write_text
 from tiframework.reports import compare_html, compare_text, stats
-from tiframework.reports.catalog import PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
+from tiframework.reports.catalog import FIDELITY, PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
 from tiframework.reports.runset import Arm, Run, RunSet
 from tiframework.reports.targets import load_runset
-from tiframework.tracking.tracker import log_report
+from tiframework.tracking.wandb_report import log_report
 
 CHOSEN_ON_SELECTION = "selection"
 CHOSEN_ON_HELD_OUT = "held-out"  # a run from before selection seeds: the choice peeked

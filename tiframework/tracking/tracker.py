@@ -10,9 +10,7 @@ training raises.
 from __future__ import annotations
 
 import logging
-import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import wandb
 from pytorch_lightning.loggers import WandbLogger
 
 from tiframework.config import ExperimentConfig
+from tiframework.tracking.wandb_report import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +32,6 @@ SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_sco
 # at (`train/step`), not W&B's own row counter or Lightning's `trainer/global_step`.
 STEP_METRIC = "train/step"
 BY_OPTIMIZER_STEP = ("eval/", "select/", "preview/")
-
-
-def wandb_mode() -> str:
-    """`WANDB_MODE` if set; online when an API key is configured; offline otherwise."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
 
 
 def run_name(cfg: ExperimentConfig, run_dir: Path) -> str:
@@ -141,32 +126,3 @@ class Tracker:
                 wandb.finish()
             self.logger = None
 
-
-def log_report(*, project: str | None, group: str, name: str, job_type: str, config: dict[str, Any],
-               tables: dict[str, tuple[list[str], list[list[Any]]]], plots: dict[str, Any],
-               summary: dict[str, Any], files: list[Path], save_dir: Path) -> Path | None:
-    """A report (e.g. `compare`'s verdicts and plots) as its own W&B run in the runs' group.
-
-    Offline unless W&B is configured, like training runs; finished even when logging raises.
-    `plots` are plotly figures; `files` go into one Artifact. Returns the run's folder.
-    """
-    mode = wandb_mode()
-    if mode == "disabled":
-        return None
-    save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project or os.environ.get("WANDB_PROJECT") or "tiframework", group=group,
-                     name=name, job_type=job_type, config=config, dir=str(save_dir), mode=mode)
-    try:
-        run.log({key: wandb.Table(columns=cols, data=rows) for key, (cols, rows) in tables.items()}
-                | {key: wandb.Plotly(fig) for key, fig in plots.items()})
-        for key, value in summary.items():
-            run.summary[key] = value
-        artifact = wandb.Artifact(name=re.sub(r"[^\w.-]", "-", f"{group}-{job_type}"), type=job_type)
-        for file in files:
-            artifact.add_file(str(file))
-        run.log_artifact(artifact)
-        folder = Path(run.dir).parent
-        log.info("W&B %s run (%s): %s", job_type, mode, run.dir if mode == "offline" else run.url)
-    finally:
-        run.finish()
-    return folder
