@@ -82,17 +82,28 @@ def seed_figure(metric: dict[str, Any], key: str) -> Plot:
 
 
 def plateau_figure(plateau: dict[str, Any]) -> Plot:
-    fig = go.Figure()
-    for i, (arm, p) in enumerate(plateau.items()):
-        runs = [r for r in p["per_seed"] if r["step"] is not None]
-        fig.add_trace(go.Scatter(
-            x=[i + o for o in _offsets(len(runs))], y=[r["step"] for r in runs], mode="markers",
-            marker={"color": color(i), "size": 8}, name=arm, text=[f"seed {r['seed']}" for r in runs],
-            hovertemplate="%{text}: step %{y}<extra>" + arm + "</extra>"))
-    counts = "; ".join(f"{arm}: " + ", ".join(f"{k} {v}" for k, v in p["reasons"].items()) for arm, p in plateau.items())
-    fig.update_xaxes(tickvals=list(range(len(plateau))), ticktext=list(plateau), range=[-0.6, len(plateau) - 0.4])
-    fig.update_yaxes(title="plateau step")
-    return plot(fig, "plateau", "plateau step of each run", f"Runs per plateau reason: {counts}.")
+    """Runs per plateau reason and arm (bars); the plateau step of each run that reached one."""
+    arms, reasons = list(plateau), sorted({r for p in plateau.values() for r in p["reasons"]})
+    with_steps = any(r["step"] is not None for p in plateau.values() for r in p["per_seed"])
+    fig = make_subplots(rows=1, cols=2 if with_steps else 1,
+                        subplot_titles=["runs per plateau reason", "plateau step of each run"][: 1 + with_steps])
+    for i, arm in enumerate(arms):
+        counts = plateau[arm]["reasons"]
+        fig.add_trace(go.Bar(x=reasons, y=[counts.get(r, 0) for r in reasons], name=arm, marker_color=color(i),
+                             legendgroup=arm, hovertemplate="%{x}: %{y} run(s)<extra>" + arm + "</extra>"), row=1, col=1)
+        runs = [r for r in plateau[arm]["per_seed"] if r["step"] is not None]
+        if with_steps:
+            fig.add_trace(go.Scatter(
+                x=[i + o for o in _offsets(len(runs))], y=[r["step"] for r in runs], mode="markers",
+                marker={"color": color(i), "size": 8}, name=arm, legendgroup=arm, showlegend=False,
+                text=[f"seed {r['seed']}" for r in runs], hovertemplate="%{text}: step %{y}<extra>" + arm + "</extra>"),
+                row=1, col=2)
+    fig.update_yaxes(title="runs", row=1, col=1)
+    if with_steps:
+        fig.update_xaxes(tickvals=list(range(len(arms))), ticktext=arms, range=[-0.6, len(arms) - 0.4], row=1, col=2)
+        fig.update_yaxes(title="optimizer step", row=1, col=2)
+    return plot(fig, "plateau", "plateau", "Plateau reasons: plateau (the curve stopped gaining), still_rising "
+                "(no plateau before the last evaluation), no_gain (never rose above the baseline).")
 
 
 def image_grids(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
