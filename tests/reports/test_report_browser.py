@@ -115,3 +115,28 @@ def test_compare_report_renders_offline(browser, tmp_path):
                                         for i in images)
     not_blank(browser.get_screenshot_as_png())
     not_blank(browser.find_element(By.CSS_SELECTOR, "figure.plot").screenshot_as_png)
+
+
+def test_sweep_report_page_renders_offline(browser, tmp_path):
+    import yaml
+    from runs import QUICKSTART
+    from selenium.webdriver.common.by import By
+
+    from tiframework.reports.sweep_report import write_report
+    from tiframework.sweeps.launch import run_sweep
+
+    sweep = tmp_path / "search.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "experiment": str(QUICKSTART), "seeds": [0, 1, 2], "sampler": "grid",
+        "overrides": {"model.preset": "tiny", "logging.runs_dir": str(tmp_path / "runs"), "logging.wandb": False},
+        "space": {VPT: {"type": "categorical", "choices": [1, 2, 4]},
+                  "training.learning_rate": {"type": "categorical", "choices": ["0.02", "0.005"]}}}))
+    run_sweep(sweep, runner="run_folders:FolderRunner", progress=False)
+    out = write_report(str(tmp_path / "runs" / "sweeps" / "search"))
+    open_page(browser, out / "report.html")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#trial-table tbody tr")
+    assert len(rows) == 6 and all(r.is_displayed() for r in rows)
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#trial-table th")]
+    assert {"best_fidelity_ci_low", "best_fidelity_ci_high"} <= set(headers)
+    assert every_plot_drew(browser) == 3  # per trial, vs VPT, vs learning rate
+    not_blank(browser.get_screenshot_as_png())

@@ -394,10 +394,14 @@ def test_report_of_a_two_objective_sweep_over_vpt_and_lr(tmp_path, experiment):
                           space=space), runner=FAKE, progress=False)
     out = write_report(str(tmp_path / "runs" / "sweeps" / "s" / "journal.log"), out_dir=tmp_path / "rep")
     assert {p.name for p in out.iterdir()} == {"trials.csv", "trials.md", "history.png", "fidelity_vs_vpt.png",
-                                               "plateau_vs_lr.png", "pareto.png"}
+                                               "plateau_vs_lr.png", "pareto.png", "report.html"}
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4 and {"objective_best_fidelity", "objective_flexibility", VPT} <= set(rows[0])
     assert float(rows[0]["best_fidelity_std"]) == pytest.approx(0.0001 / 2**0.5, rel=0.01)  # seeds 0 and 1
+    # The 95% t-interval over the two seeds: mean ± t(0.975, 1) x std / sqrt(2) = mean ± 12.706 x 0.00005.
+    mean, low, high = (float(rows[0][f"best_fidelity{k}"]) for k in ("", "_ci_low", "_ci_high"))
+    assert (mean - low, high - mean) == pytest.approx((12.706 * 0.00005, 12.706 * 0.00005), rel=1e-3)
+    assert rows[0]["plateau_step_ci_low"] == ""  # FakeRunner's runs never plateau
     text = (out / "trials.md").read_text()
     assert "- best_fidelity: " in text and "- flexibility: the objective never varied" in text
 

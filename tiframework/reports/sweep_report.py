@@ -7,7 +7,9 @@ Writes (atomically) into the output folder:
   plus parameter importances (fANOVA) when enough trials completed;
 - `history.png` (objective per trial and best so far), `fidelity_vs_vpt.png` (mean ± std
   over seeds per trial), `plateau_vs_lr.png` (seeds without a plateau drawn at their final
-  step by reason, and counted), and `pareto.png` for two objectives.
+  step by reason, and counted), and `pareto.png` for two objectives;
+- `report.html`: the trial table and interactive plots of each trial's mean with its 95%
+  interval over seeds (also `*_ci_low`/`*_ci_high` columns in the tables).
 A plot whose parameter the sweep did not vary is skipped, and the markdown says so.
 """
 
@@ -24,6 +26,7 @@ from optuna.trial import TrialState
 
 from tiframework.fileio import atomic_write_text
 from tiframework.reports import sweep_plots as plots
+from tiframework.reports.sweep_html import with_intervals, write_html
 from tiframework.reports.trials import objective_names, open_study, trial_rows
 from tiframework.sweeps import storage as st
 
@@ -64,10 +67,14 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(study: optuna.Study, rows: list[dict[str, Any]], imps: dict[str, Any], plots: dict[str, str]) -> str:
-    lines = [f"# Sweep report: {study.study_name}", ""]
+def state_line(rows: list[dict[str, Any]]) -> str:
     states = {s.name: sum(r["state"] == s.name for r in rows) for s in TrialState}
-    lines.append(", ".join(f"{n} {s.lower()}" for s, n in states.items() if n) + f" ({len(rows)} trials)")
+    return ", ".join(f"{n} {s.lower()}" for s, n in states.items() if n) + f" ({len(rows)} trials)"
+
+
+def markdown(study: optuna.Study, rows: list[dict[str, Any]], imps: dict[str, Any], plots: dict[str, str]) -> str:
+    lines = [f"# Sweep report: {study.study_name}", "", state_line(rows),
+             "", "Per-trial means over seeds with 95% t-intervals (`_ci_low`, `_ci_high`); interactive: report.html"]
     if rows:
         cols = list(rows[0])
         lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -92,8 +99,9 @@ def write_report(target: str, study_name: str | None = None, out_dir: str | Path
     study, loc = open_study(target, study_name)
     out = Path(out_dir) if out_dir else default_out_dir(loc, study.study_name)
     out.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(study)
+    rows = with_intervals(trial_rows(study), study)
     made = plots.write_plots(study, out)
     atomic_write_text(out / "trials.csv", _csv_text(rows))
     atomic_write_text(out / "trials.md", markdown(study, rows, importances(study), made))
+    write_html(study, rows, state_line(rows), out)
     return out
