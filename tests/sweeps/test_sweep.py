@@ -346,29 +346,35 @@ def test_shipped_sweeps_load():
     from tiframework.sweeps.schema import load_sweep
 
     shipped = sorted((REPO / "sweeps").glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"vpt_lr_accum", "vpt2_vs_vpt16"}
+    assert {p.stem for p in shipped} >= {"vpt_lr_accum", "vpt2_vs_vpt16", "pruned_vs_unpruned"}
     for path in shipped:
         load_sweep(path)
         load_sweep(path, CI_OVERRIDES)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, trials", [("vpt2_vs_vpt16", 2), ("vpt_lr_accum", 2)])
+@pytest.mark.parametrize("name, trials", [("vpt2_vs_vpt16", 4), ("vpt_lr_accum", 2), ("pruned_vs_unpruned", 4)])
 def test_shipped_sweep_runs_on_the_tiny_preset(tmp_path, monkeypatch, name, trials):
-    """The CI line from the sweep file's header, with the runs sent to a temporary folder."""
+    """The CI line from the sweep file's header, with the runs sent to a temporary folder;
+    a comparison (arms x 2 seeds) is then compared."""
     from tiframework.cli import main
     from tiframework.reports.trials import open_study
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(REPO)  # the experiment's relative paths (CLIP weights) are repo-relative
     header = (REPO / "sweeps" / f"{name}.yaml").read_text()
-    assert " ".join(CI_OVERRIDES) in " ".join(header.replace("\\\n#", " ").split())
+    flat = " ".join(header.replace("\\\n#", " ").split())
+    assert " ".join(CI_OVERRIDES) in flat and f"--n-trials {trials} --study-name ci-{name}" in flat
     argv = ["sweep", f"sweeps/{name}.yaml", *CI_OVERRIDES, f"logging.runs_dir={tmp_path}", "--n-trials", str(trials),
             "--study-name", f"ci-{name}"]
     assert main(argv) == 0
     study = open_study(str(tmp_path / "sweeps" / f"ci-{name}"), None)[0]
     assert len(study.trials) == trials and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     assert main(["sweep-report", str(tmp_path / "sweeps" / f"ci-{name}")]) == 0
+    if "arms:" in header:
+        assert main(["compare", str(tmp_path / "sweeps" / f"ci-{name}"), "--no-wandb"]) == 0
+        result = json.loads((tmp_path / "sweeps" / f"ci-{name}" / "compare" / "comparison.json").read_text())
+        assert [a["n"] for a in result["arms"]] == [2, 2] and result["pairs"][0]["test"] == "paired t"
 
 
 def test_failed_trials_record_their_reason_and_the_study_goes_on(tmp_path, experiment):
