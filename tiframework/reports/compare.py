@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tiframework.fileio import atomic_write_text
-from tiframework.reports import compare_html, compare_text, stats
+from tiframework.reports import compare_html, compare_text, pairs, stats
 from tiframework.reports.catalog import FIDELITY, PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
 from tiframework.reports.runset import Arm, Run, RunSet
 from tiframework.reports.targets import load_runset
@@ -107,52 +106,27 @@ def arm_plateau(per_run: list[dict[str, Any]]) -> dict[str, Any]:
                          for p in per_run]}
 
 
-def matched(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    """Every seed ran in both arms, once: the runs pair up by seed."""
-    sa, sb = [p["seed"] for p in a], [p["seed"] for p in b]
-    return None not in sa and len(set(sa)) == len(sa) and sorted(sa) == sorted(sb) and len(sa) >= 2
-
-
-def _samples(a: list[dict[str, Any]], b: list[dict[str, Any]], value: Any) -> tuple[list[float], list[float], bool]:
-    """The two arms' values (None dropped); aligned by seed when the arms are matched."""
-    if matched(a, b):
-        by_seed = {p["seed"]: p for p in b}
-        pairs = [(value(p), value(by_seed[p["seed"]])) for p in a]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
-        return [x for x, _ in pairs], [y for _, y in pairs], True
-    return [v for v in map(value, a) if v is not None], [v for v in map(value, b) if v is not None], False
-
-
 def pair_tests(names: list[str], per_run: dict[str, list[dict[str, Any]]], metrics: list[Metric]) -> list[dict[str, Any]]:
     """Every pair of arms x tested metric x summary (and the plateau step), Holm-corrected together."""
     rows = []
     for a, b in itertools.combinations(names, 2):
+        def seeds(arm: str, value: Any) -> pairs.SeedValues:
+            return [(p["seed"], value(p)) for p in per_run[arm]]
+
         for m in [m for m in metrics if m.tested]:
             for kind in SUMMARIES:
-                xs, ys, paired = _samples(per_run[a], per_run[b], lambda p, m=m, k=kind: p["metrics"][m.key][k])
-                rows.append(_row(a, b, m, kind, stats.compare_samples(xs, ys, paired)))
-        xs, ys, paired = _samples(per_run[a], per_run[b], lambda p: p["plateau_step"])
-        row = _row(a, b, PLATEAU, "plateau", stats.compare_samples(xs, ys, paired))
+                def value(p: dict[str, Any], m: Metric = m, kind: str = kind) -> float | None:
+                    return p["metrics"][m.key][kind]
+
+                t = pairs.paired_or_welch(seeds(a, value), seeds(b, value))
+                rows.append(pairs.pair_row(a, b, m.key, kind, t, m.label, m.better))
+        plateau = pairs.paired_or_welch(seeds(a, lambda p: p["plateau_step"]), seeds(b, lambda p: p["plateau_step"]))
+        row = pairs.pair_row(a, b, PLATEAU.key, "plateau", plateau, PLATEAU.label, PLATEAU.better)
         left_out = sum(p["plateau_step"] is None for p in per_run[a] + per_run[b])
         if left_out:
             row["note"] = f"{left_out} run(s) without a plateau left out (their plateau is after their last step)"
         rows.append(row)
-    tested = [r for r in rows if r["p"] is not None]
-    alpha = stats.ALPHA / max(1, len(tested))  # the Bonferroni bound Holm's first step uses
-    for row, p_adj in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
-        t: stats.PairTest = row.pop("_test")
-        needed = stats.seeds_needed(t.diff, t.sd, t.paired, alpha=alpha)
-        row.update(p_adjusted=p_adj, seeds_needed=needed,
-                   verdict=stats.verdict(row["a"], row["b"], t, p_adj, row.pop("_better"), needed))
-    return rows
-
-
-def _row(a: str, b: str, m: Metric, kind: str, t: stats.PairTest) -> dict[str, Any]:
-    ci = None if t.low is None else [t.low, t.high]
-    diff = t.diff if math.isfinite(t.diff) else None  # no values in an arm: nothing to subtract
-    return {"a": a, "b": b, "metric": m.key, "label": m.label, "summary": kind, "diff": diff, "ci": ci,
-            "p": t.p, "effect_size": t.effect_size, "effect_size_kind": t.effect_size_kind, "test": t.test,
-            "n_a": t.n_a, "n_b": t.n_b, "sd": t.sd, "_test": t, "_better": m.better}
+    return pairs.conclude(rows)
 
 
 def fallback_notes(per_run: dict[str, list[dict[str, Any]]]) -> list[str]:
