@@ -147,3 +147,29 @@ def test_fresh_moves_a_postgres_study_aside_under_a_new_name(tmp_path, experimen
         assert [t.params[VPT] for t in old.trials] in ([1], [2], [3]) and old.trials[0].state.name == "COMPLETE"
     finally:
         optuna.delete_study(study_name=aside, storage=storage)
+
+
+@pytest.mark.slow
+def test_two_workers_run_every_arm_and_seed_once_on_postgres(tmp_path, experiment, postgres_url, study_name,
+                                                             monkeypatch):
+    """A comparison sweep (arms x seeds) shared by two workers through PostgreSQL."""
+    import optuna
+    import yaml
+
+    from tiframework.sweeps.launch import run_sweep
+
+    monkeypatch.setenv("TIF_TEST_BARRIER", str(tmp_path / "barrier"))
+    (tmp_path / "barrier").mkdir()
+    sweep = tmp_path / "sweeps" / "arms.yaml"
+    sweep.parent.mkdir(parents=True, exist_ok=True)
+    sweep.write_text(yaml.safe_dump({"experiment": "../experiments/base.yaml", "seeds": [0, 1, 2],
+                                     "arms": {"one": {VPT: 1}, "two": {VPT: 2}, "four": {VPT: 4}}}))
+    summary = run_sweep(sweep, storage=postgres_url, study_name=study_name, workers=2,
+                        runner=f"{RUNNERS}:TwoWorkerRunner", progress=False)
+    assert summary["states"] == {"COMPLETE": 9}
+    trials = optuna.load_study(study_name=study_name, storage=rdb(postgres_url)).get_trials()
+    assert sorted((t.params["arm"], t.params["seed"]) for t in trials) == sorted(
+        (arm, seed) for arm in ("one", "two", "four") for seed in (0, 1, 2))
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    for t in trials:
+        assert (tmp_path / "runs" / "sweeps" / study_name / t.params["arm"] / f"seed-{t.params['seed']}").is_dir()
