@@ -101,6 +101,10 @@ def test_bad_targets_are_one_clear_error(tmp_path):
         load_runset([str(tmp_path / "nope-*")], by=[VPT])
     with pytest.raises(UserError, match="fewer than two arms"):
         load_runset([str(tmp_path / "vpt2-seed*")], by=[VPT])
+    for vpt in range(1, 14):
+        write_run(tmp_path / "many" / f"v{vpt}", [f"{VPT}={vpt}", "embedding.init_text=girl"], curve_rows(0.1, 0))
+    with pytest.raises(UserError, match=r"13 arms .* would make 78 pairs to test; compare at most 12"):
+        load_runset([str(tmp_path / "many")], by=[VPT])
 
 
 def test_old_run_folders_fall_back_and_say_so(tmp_path):

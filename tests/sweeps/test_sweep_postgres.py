@@ -173,3 +173,19 @@ def test_two_workers_run_every_arm_and_seed_once_on_postgres(tmp_path, experimen
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}
     for t in trials:
         assert (tmp_path / "runs" / "sweeps" / study_name / t.params["arm"] / f"seed-{t.params['seed']}").is_dir()
+
+
+def test_compare_reads_a_comparison_from_postgres(tmp_path, experiment, postgres_url, study_name):
+    import yaml
+
+    from tiframework.reports.compare import compare
+    from tiframework.sweeps.launch import run_sweep
+
+    sweep = tmp_path / "sweeps" / "arms.yaml"
+    sweep.parent.mkdir(parents=True, exist_ok=True)
+    sweep.write_text(yaml.safe_dump({"experiment": "../experiments/base.yaml", "seeds": [0, 1],
+                                     "arms": {"one": {VPT: 1}, "four": {VPT: 4}}}, sort_keys=False))
+    run_sweep(sweep, storage=postgres_url, study_name=study_name, runner="run_folders:FolderRunner", progress=False)
+    done = compare([postgres_url], study_name=study_name, out_dir=tmp_path / "cmp", wandb=False)
+    assert [(a["name"], a["n"]) for a in done.result["arms"]] == [("one", 2), ("four", 2)]
+    assert done.result["group"] == study_name and (tmp_path / "cmp" / "report.html").is_file()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -188,10 +189,21 @@ def method() -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_comparison(result: dict[str, Any], out: Path, html: str, markdown: str) -> dict[str, Path]:
     """comparison.json, report.md and report.html in `out`, each written atomically."""
     files = {"json": out / "comparison.json", "md": out / "report.md", "html": out / "report.html"}
-    atomic_write_text(files["json"], json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(files["json"], json.dumps(_finite(result), indent=2, default=str, allow_nan=False) + "\n")
     atomic_write_text(files["md"], markdown)
     atomic_write_text(files["html"], html)
     return files

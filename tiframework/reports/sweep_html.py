@@ -97,7 +97,8 @@ def param_figure(study: optuna.Study, key: str, param: str, index: int) -> Plot 
 def write_html(study: optuna.Study, rows: list[dict[str, Any]], summary: str, out: Path) -> Path:
     """`report.html` of a sweep: the trial table with intervals, then the interactive plots."""
     key = INTERVAL_KEYS[0]
-    params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    # A comparison's `seed` parameter is a replicate, not a setting: no plot against it.
+    params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params} - {"seed"})
     plots = [trials_figure(study, key), *(param_figure(study, key, p, i) for i, p in enumerate(params))]
     columns = {c: c for c in (rows[0] if rows else {})}
     shown = [{c: _cell(r[c]) for c in columns} for r in rows]

@@ -37,6 +37,9 @@ from tiframework.sweeps.arms import ARM, SEED
 from tiframework.sweeps.storage import SIGNATURE_ATTR
 
 _URL = re.compile(r"^[a-z][a-z0-9+]*://")
+# Every pair is tested and Holm corrects over all of them: past a dozen arms the report is
+# unreadable and no difference survives the correction (a search's trials belong in sweep-report).
+MAX_ARMS = 12
 
 
 def is_study_target(target: str) -> bool:
@@ -193,6 +196,10 @@ def load_runset(targets: list[str], by: list[str] | None = None, study_name: str
         raise UserError("--study-name goes with one sweep folder, journal file or database URL")
     else:
         runset = from_run_folders(targets, by)
+    if len(runset.arms) > MAX_ARMS:
+        raise UserError(f"{runset.source}: {len(runset.arms)} arms ({', '.join(a.name for a in runset.arms[:4])}, "
+                        f"...) would make {len(runset.arms) * (len(runset.arms) - 1) // 2} pairs to test; compare at "
+                        f"most {MAX_ARMS} (a sweep with arms:, fewer run folders, or other --by keys)")
     if len([a for a in runset.arms if a.runs]) < 2:
         raise UserError(f"{runset.source}: fewer than two arms with finished runs ("
                         + "; ".join(f"{a.name}: {len(a.runs)} run(s)" for a in runset.arms)
