@@ -23,7 +23,7 @@ def _compare(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="compare arms of runs (a sweep with arms:, a study, or run folders) with error bars and tests",
-        description="Compare arms of training runs metric by metric: curves with 95%% intervals over seeds, the "
+        description="Compare arms of training runs metric by metric: curves with 95% intervals over seeds, the "
         "step-0 baseline and gains, and for every pair of arms the difference at the chosen checkpoint and at the "
         "last evaluation with its interval, a paired (matched seeds) or Welch t-test, an effect size, Holm-corrected "
         "p-values and a one-line verdict. Writes comparison.json, report.md and a self-contained report.html, and "
