@@ -42,6 +42,10 @@ def test_offline_wandb_run_holds_scalars_images_and_artifact(tmp_path, tiny_part
             "eval/clip_fidelity_se", "select/clip_fidelity", "select/clip_fidelity_se", "preview/images"} <= keys
     fidelity_steps = [h["train/step"] for h in run["history"] if "eval/clip_fidelity" in h]
     assert fidelity_steps == [0, 2, 4]
+    # Plotted against the optimizer step they were measured at, not W&B's row counter.
+    assert run["metrics"]["eval/clip_fidelity"] == run["metrics"]["preview/images"] == "train/step"
+    assert run["config"]["seed"] == 0 and "arm" not in run["config"]
+    assert run["summary"]["eval/best_step"] in (0, 2, 4) and run["summary"]["eval/final_step"] == 4
     assert run["run"].run_group == "test" and run["run"].job_type == "train"
     assert {"ablation", "vpt=4", "lr=0.02", "accum=1"} <= set(run["run"].tags)
     assert any(name.startswith("kiri_ti-embedding") for name in run["artifacts"])
