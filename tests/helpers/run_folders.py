@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from runs import QUICKSTART
 
+from runs import QUICKSTART
 from tiframework.config import ExperimentConfig, load_config, save_config
 from tiframework.tracking.runfolder import write_csv
 

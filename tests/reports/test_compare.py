@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from run_folders import ACC, FID, curve_rows, write_run
 from runs import QUICKSTART
-
 from tiframework.cli import main
 from tiframework.errors import UserError
 from tiframework.reports.compare import build_comparison, compare
@@ -175,9 +175,8 @@ def test_compare_a_sweep_with_arms_by_folder_journal_and_recorded_arm(tmp_path):
 
 
 def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
-    from wandb_reader import read_run
-
     from tiframework.sweeps.launch import run_sweep
+    from wandb_reader import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from run_folders import curve_rows, write_run
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -119,9 +120,9 @@ def test_compare_report_renders_offline(browser, tmp_path):
 
 def test_sweep_report_page_renders_offline(browser, tmp_path):
     import yaml
-    from runs import QUICKSTART
     from selenium.webdriver.common.by import By
 
+    from runs import QUICKSTART
     from tiframework.reports.sweep_report import write_report
     from tiframework.sweeps.launch import run_sweep
 

@@ -183,9 +183,8 @@ def test_a_killed_arm_trial_is_retried_with_its_arm_and_seed(tmp_path, experimen
 
 @pytest.mark.slow
 def test_arm_sweep_trains_and_lands_in_one_wandb_group(tmp_path, experiment, monkeypatch):
-    from wandb_reader import read_run
-
     from tiframework.sweeps.launch import run_sweep
+    from wandb_reader import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

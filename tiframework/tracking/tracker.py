@@ -18,11 +18,10 @@ import wandb
 from pytorch_lightning.loggers import WandbLogger
 
 from tiframework.config import ExperimentConfig
-from tiframework.tracking.wandb_report import wandb_mode
+from tiframework.tracking.wandb_report import OFFLINE_MODES, wandb_mode
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODES = ("offline", "dryrun")
 # Summary keys (the run folder's summary.json names) that W&B's run table and grouped charts
 # show as `eval/<key>`: the held-out score of the checkpoint chosen on the selection seeds,
 # the last evaluation's, the step-0 baseline, and the plateau.
@@ -76,7 +75,7 @@ class Tracker:
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns on every run
         run = logger.experiment  # start the run now, so its folder exists even if training fails early
         run.define_metric(STEP_METRIC)
-        if mode in OFFLINE_MODES:  # "dryrun" is W&B's old name for offline: there is no URL
+        if mode in OFFLINE_MODES:
             folder = Path(run.dir).parent
             log.info("W&B offline run: %s (upload it later with: wandb sync %s)", folder, folder)
         else:

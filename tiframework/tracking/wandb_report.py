@@ -15,6 +15,7 @@ from typing import Any
 import wandb
 
 log = logging.getLogger(__name__)
+OFFLINE_MODES = ("offline", "dryrun")  # "dryrun" is W&B's old name for offline: there is no URL
 
 
 def wandb_mode() -> str:
@@ -55,7 +56,10 @@ def log_report(*, project: str | None, group: str, name: str, job_type: str, con
             artifact.add_file(str(file))
         run.log_artifact(artifact)
         folder = Path(run.dir).parent
-        log.info("W&B %s run (%s): %s", job_type, mode, run.dir if mode == "offline" else run.url)
+        if mode in OFFLINE_MODES:
+            log.info("W&B offline %s run: %s (upload it later with: wandb sync %s)", job_type, folder, folder)
+        else:
+            log.info("W&B %s run: %s", job_type, run.url)
     finally:
         run.finish()
     return folder
