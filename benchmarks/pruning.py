@@ -9,30 +9,45 @@ quickstart experiment through `tiframework.training.train.train` (the pruned arm
 variant `toyworld:<character>?pruned=1`, written by `tiframework tags prune`'s own code), then
 samples `[name]` alone with fixed seeds and asks the toy world's attribute classifier which of
 the character's traits each image shows. It prints, per trait, the rate in each arm (mean over
-seeds, with a 95% t-interval over seeds) and writes the table as JSON and Markdown to --out.
+seeds with its 95% t-interval) and pruned − unpruned with its interval, test (paired by seed),
+Holm-adjusted p over the traits and verdict, all from the statistics `tiframework compare`
+uses (`tiframework.reports.stats` / `pairs`), and writes the table as JSON and Markdown to --out.
 
 The step-0 rate (init text only) is measured once as the floor both arms start from.
+The same question through the user-facing command: `sweeps/pruned_vs_unpruned.yaml`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    from scipy.stats import t
 
-    return mean, float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+def fmt_interval(iv: dict[str, Any] | None) -> str:
+    if iv is None:
+        return "-"
+    ci = iv["ci"]
+    return f"{iv['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def tables(rows: dict[str, list[dict]], groups: list[str]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """Per trait group: each arm's mean with its 95% t-interval over seeds, and pruned − unpruned
+    tested (paired by seed when the arms' seeds match, else Welch), Holm over the groups."""
+    from tiframework.reports.pairs import conclude, pair_row, paired_or_welch
+    from tiframework.reports.stats import mean_interval
+
+    arms = {arm: {g: [(r["seed"], r[g]) for r in runs] for g in groups} for arm, runs in rows.items()}
+    per_arm = {g: {arm: (iv.as_dict() if (iv := mean_interval([v for _, v in arms[arm][g]])) else None)
+                   for arm in arms} for g in groups}
+    # "all her traits" is the claim; the single traits are reported with it, and Holm counts every test.
+    tests = conclude([pair_row("pruned", "unpruned", g, "final", paired_or_welch(arms["pruned"][g], arms["unpruned"][g]))
+                      for g in groups])
+    return per_arm, tests
 
 
 def trait_rates(parts, character: str, name: str, vectors, n_samples: int, steps: int, guidance: float) -> dict:
@@ -91,19 +106,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {arm:8s} traits {rates['traits']:.3f}  ({time.monotonic() - t0:.0f} s)", flush=True)
 
     groups = [*character.trait_groups(), "traits"]
-    table = {g: {"step0": floor[g], **{arm: interval([r[g] for r in rows[arm]]) for arm in datasets}} for g in groups}
+    per_arm, tests = tables(rows, groups)
     lines = [f"# Pruning on the toy world: `{character.name}`, seeds {args.seeds}, {args.steps} steps, "
              f"{args.samples} `[name]` samples per run", "",
-             "| attribute | step 0 | unpruned (mean ± 95% CI) | pruned (mean ± 95% CI) | pruned − unpruned |",
-             "| --- | --- | --- | --- | --- |"]
-    for g, row in table.items():
-        (u, uh), (p, ph) = row["unpruned"], row["pruned"]
-        lines.append(f"| {g} | {row['step0']:.3f} | {u:.3f} ± {uh:.3f} | {p:.3f} ± {ph:.3f} | {p - u:+.3f} |")
+             "Means over seeds with 95% t-intervals; pruned − unpruned with its 95% interval, "
+             f"{tests[0]['test']} test, p Holm-adjusted over the {len(groups)} rows.", "",
+             "| attribute | step 0 | unpruned | pruned | pruned − unpruned | p (Holm) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for g, t in zip(groups, tests, strict=True):
+        diff = "-" if t["diff"] is None else f"{t['diff']:+.3f}" + (
+            f" [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t["ci"] else "")
+        p_adj = "-" if t["p_adjusted"] is None else f"{t['p_adjusted']:.2g}"
+        lines.append(f"| {g} | {floor[g]:.3f} | {fmt_interval(per_arm[g]['unpruned'])} | "
+                     f"{fmt_interval(per_arm[g]['pruned'])} | {diff} | {p_adj} | {t['verdict']} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     atomic_write_text(args.out / "pruning.md", text)
-    atomic_write_text(args.out / "pruning.json", json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                            "table": table, "runs": rows}, indent=1))
+    atomic_write_text(args.out / "pruning.json", json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "step0": {g: floor[g] for g in groups},
+         "arms": per_arm, "tests": tests, "runs": rows}, indent=1))
     print(f"wrote {args.out / 'pruning.md'} ({time.monotonic() - t0:.0f} s)")
     return 0
 
