@@ -2,12 +2,12 @@
 
 Tolerance: members share batched text-encoder and UNet calls, and CPU kernels round
 differently at different batch sizes, so vectors agree to float32 rounding, not bit for
-bit. Measured on the tiny preset and the toy world after 3-4 steps: max |diff| 1e-7 to
-6e-7 (entries ~0.1). AdamW turns a gradient into a step of about the learning rate
-whatever its last bits, so rounding does not grow within a few steps; TOL = 1e-5 is
-20x the largest difference seen and 500x below one step's move at the smallest rate
-used here (0.005). Every test also checks a difference the engine could get wrong
-(another seed's vectors) is far above TOL.
+bit. Measured on the tiny preset and the toy world after 3-4 steps: max |diff| 0 to
+7.5e-7 per member (entries ~0.1). AdamW turns a gradient into a step of about the
+learning rate whatever its last bits, so rounding does not grow much within a few
+steps; TOL = 1e-5 is 13x the largest difference seen and 500x below one step's move at
+the smallest rate used here (0.005). The equivalence tests also check that what a wrong
+data stream would give (another seed's vectors) is far above TOL.
 """
 
 from __future__ import annotations

@@ -194,8 +194,7 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-            trainer.fit(module, train_dataloaders=module.tick_loader())
-        module.finish_all()  # after an interrupt Lightning skips on_train_end
+            trainer.fit(module, train_dataloaders=module.tick_loader())  # members' final files: on_train_end
         return [m.summary or {} for m in module.members]
     finally:
         for m in members:
