@@ -227,3 +227,17 @@ def test_members_must_share_the_model_and_inputs_fail_before_any_folder(tmp_path
     train_population([config(tmp_path, "training.max_steps=1", "logging.run_id=s1"),
                       config(tmp_path, "training.max_steps=1", "model.clip_skip=2", "logging.run_id=s2")],
                      parts=tiny_parts)
+
+
+def test_a_stopped_trainer_ends_every_member_with_the_reason(tmp_path, tiny_parts):
+    class StopAtTwo(MemberCallback):
+        def on_members_stepped(self, trainer, population, members):
+            if any(m.step == 2 for m in members):
+                trainer.should_stop = True
+
+    a, b = train_population([config(tmp_path, "logging.run_id=a"), config(tmp_path, "logging.run_id=b",
+                                                                            "training.accumulate=2")],
+                            parts=tiny_parts, callbacks=[StopAtTwo()])
+    assert a["final_step"] == 2 and a["stopped"] == "training stopped at step 2"
+    assert b["final_step"] == 1 and b["stopped"] == "training stopped at step 1"
+    assert Path(a["embedding"]).is_file() and Path(b["embedding"]).is_file()

@@ -193,7 +193,6 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
                  ", ".join(m.name for m in members))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*IterableDataset.*")
             trainer.fit(module, train_dataloaders=module.tick_loader())  # members' final files: on_train_end
         return [m.summary or {} for m in module.members]
     finally:

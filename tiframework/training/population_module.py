@@ -182,7 +182,7 @@ class PopulationModule(pl.LightningModule):
         self.noise_scheduler = parts.noise_scheduler()
         self.members: list[Member] = []
         self.vectors = torch.nn.ParameterList()
-        self._started = False
+        self._started = self._ended = False
         for m in members:
             self._register(m)
 
@@ -204,6 +204,8 @@ class PopulationModule(pl.LightningModule):
     def join(self, member: Member) -> None:
         """Add a member while the population trains (from a `MemberCallback`, e.g. when another
         leaves): it draws its first micro-batch at the next micro-batch step."""
+        if self._ended:
+            raise RuntimeError(f"{member.name}: the population has finished training; start a new one")
         with torch.no_grad():
             member.vectors.data = member.vectors.data.to(self.device)
         self._register(member)
@@ -215,6 +217,7 @@ class PopulationModule(pl.LightningModule):
         if member.left:
             return
         member.left, member.stopped = True, reason
+        member._batches = None  # ends its DataLoader's worker processes, if any
         self._dispatch("on_member_leave", member)
 
     def _dispatch(self, hook: str, arg: Any) -> None:
@@ -242,12 +245,9 @@ class PopulationModule(pl.LightningModule):
                 self._dispatch("on_member_join", m)
 
     def on_train_end(self) -> None:
-        self.finish_all()
-
-    def finish_all(self) -> None:
-        """Members still active (the end of the ticks, or an interrupt) leave as finished."""
-        for m in self.members:
-            self.leave(m)
+        self._ended = True
+        for m in list(self.members):  # still active only if something stopped the trainer early
+            self.leave(m, None if m.step >= m.end_step else f"training stopped at step {m.step}")
 
     def training_step(self, batch: int, batch_idx: int) -> None:
         fetched = [(m, m.next_batch()) for m in self.members if m.active]
