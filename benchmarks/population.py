@@ -143,7 +143,7 @@ def scaling(args, common: list[str]) -> dict:
                     args.out / f"k{k}")
         rows.append({"k": k, **({"error": r["error"]} if "error" in r else
                                 {"population_s": r["seconds"], "speedup": k * alone["seconds"] / r["seconds"],
-                                 "peak_mib": r["peak_mib"]})})
+                                 "cpu_speedup": k * alone["cpu_s"] / r["cpu_s"], "peak_mib": r["peak_mib"]})})
     return {"device": alone["device"], "preset": args.preset, "size": args.size, "steps": args.steps,
             "alone_s": alone["seconds"], "alone_peak_mib": alone["peak_mib"], "rows": rows,
             "timed": "training steps only (no previews, no evaluation)"}
@@ -199,13 +199,15 @@ def print_scaling(r: dict) -> None:
     print(f"{r['preset']} at {r['size']}x{r['size']} on {r['device']}, {r['steps']} steps per member; "
           f"timed: {r['timed']}")
     print(f"one train run: {r['alone_s']:.2f} s, peak {r['alone_peak_mib']:.0f} MiB")
-    print(f"{'K':>4} {'population s':>13} {'speed-up':>9} {'peak MiB':>9}")
+    print(f"{'K':>4} {'population s':>13} {'speed-up':>9} {'CPU-time':>9} {'peak MiB':>9}")
     for row in r["rows"]:
         if "error" in row:
             print(f"{row['k']:4} failed: {row['error']}")
         else:
-            print(f"{row['k']:4} {row['population_s']:13.2f} {row['speedup']:8.2f}x {row['peak_mib']:9.0f}")
-    print("speed-up = K x (one train run) / (population of K): member-steps per second relative to training alone")
+            print(f"{row['k']:4} {row['population_s']:13.2f} {row['speedup']:8.2f}x {row['cpu_speedup']:8.2f}x "
+                  f"{row['peak_mib']:9.0f}")
+    print("speed-up = K x (one train run) / (population of K): member-steps per second relative to training alone "
+          "(wall time; CPU-time: the same ratio of this process's CPU time)")
 
 
 if __name__ == "__main__":

@@ -59,15 +59,18 @@ def assert_like_solo(pop: dict, alone: dict) -> None:
 
 # Three members that differ in everything a member owns: seed, VPT, name, init text,
 # learning-rate schedule, batch size, accumulation, step count, latent sampling, tag
-# dropout, and (member c) a dataset whose captions need two 77-token chunks.
+# dropout, gradient clipping, weight decay, and (member c) a dataset whose captions need two
+# 77-token chunks.
 def tiny_members(tmp_path: Path) -> dict[str, list[str]]:
     long = make_dataset(tmp_path / "long", n=4, caption=LONG_CAPTION)
     return {
         "a": ["training.seed=0"],
         "b": ["training.seed=1", "embedding.vectors_per_token=2", "embedding.name=bee_ti",
-              "training.learning_rate=0.05:2, 0.01", "training.batch_size=2", "training.accumulate=2"],
+              "training.learning_rate=0.05:2, 0.01", "training.batch_size=2", "training.accumulate=2",
+              "training.grad_clip=norm", "training.grad_clip_value=0.001"],
         "c": ["training.seed=2", "embedding.vectors_per_token=6", "embedding.init_text=red hair",
-              "training.learning_rate=0.005", "training.accumulate=3", "training.max_steps=3",
+              "training.learning_rate=0.005", "training.lr_scheduler=cosine_restarts", "training.cosine_cycle_steps=2",
+              "training.weight_decay=0.01", "training.accumulate=3", "training.max_steps=3",
               "data.latent_sampling=random", "data.tag_dropout=0.2", f"data.path={long}"],
     }
 
