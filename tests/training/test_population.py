@@ -244,3 +244,14 @@ def test_a_stopped_trainer_ends_every_member_with_the_reason(tmp_path, tiny_part
     assert a["final_step"] == 2 and a["stopped"] == "training stopped at step 2"
     assert b["final_step"] == 1 and b["stopped"] == "training stopped at step 1"
     assert Path(a["embedding"]).is_file() and Path(b["embedding"]).is_file()
+
+
+def test_a_member_resumes_from_a_solo_runs_embedding(tmp_path, tiny_parts):
+    common = ["training.accumulate=2", "training.learning_rate=0.05:3, 0.01", "data.latent_sampling=random"]
+    half = solo(tmp_path, tiny_parts, [*common, "training.max_steps=2"], "half")
+    resumed, _ = train_population([config(tmp_path, *common, f"resume={half['embedding']}", "logging.run_id=resumed"),
+                                   config(tmp_path, "training.seed=1", "logging.run_id=fresh")], parts=tiny_parts)
+    assert [r["step"] for r in metrics(resumed)] == ["3", "4"]
+    assert_like_solo(resumed, solo(tmp_path, tiny_parts, [*common, f"resume={half['embedding']}"], "resumed"))
+    straight = solo(tmp_path, tiny_parts, common, "straight")
+    assert (vectors(resumed) - vectors(straight)).abs().max().item() <= TOL  # 2 + 2 steps == 4 straight
