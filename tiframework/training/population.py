@@ -126,10 +126,19 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
     return Plan(index, cfg, items, skipped, start, total)
 
 
-def open_member(plan: Plan, parts: SDParts) -> Member:
-    """Encode (or load cached) latents, build the member's data stream, create its run folder."""
+def member_latents(plan: Plan, parts: SDParts) -> Latents:
+    """The member's latents, encoded by the frozen VAE or read from the cache."""
     cfg = plan.cfg
-    latents = encode_latents(plan.items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+    try:
+        return encode_latents(plan.items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+    except UserError as exc:
+        raise UserError(f"{member_label(plan.index, cfg)}: {exc}") from None
+
+
+def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> Member:
+    """Build the member's data stream and create its run folder (latents encoded here unless given)."""
+    cfg = plan.cfg
+    latents = latents or member_latents(plan, parts)
     loader = member_loader(cfg, latents, plan.start.step, plan.total)
     folder = RunFolder.create(cfg)
     return Member(index=plan.index, cfg=cfg, vectors=torch.nn.Parameter(plan.start.vectors.detach().clone().float()),
@@ -175,10 +184,12 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
     plans = [plan_member(i, cfg, parts) for i, cfg in enumerate(cfgs)]
     if accelerator == "gpu":
         parts.vae.to("cuda")
+    encoded = [member_latents(plan, parts) for plan in plans]  # can still fail: no run folder exists yet
     members: list[Member] = []
+    module: PopulationModule | None = None
     try:
-        for plan in plans:
-            members.append(open_member(plan, parts))
+        for plan, latents in zip(plans, encoded, strict=True):
+            members.append(open_member(plan, parts, latents))
             for note in members[-1].warnings:
                 log.warning("%s: %s", member_label(plan.index, plan.cfg), note)
         bf16 = accelerator == "gpu" and torch.cuda.is_bf16_supported()
@@ -196,5 +207,5 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
             trainer.fit(module, train_dataloaders=module.tick_loader())  # members' final files: on_train_end
         return [m.summary or {} for m in module.members]
     finally:
-        for m in members:
+        for m in module.members if module is not None else members:  # joined members too
             m.folder.close()
