@@ -12,25 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from tqdm.auto import tqdm
 
-from tiframework.config import EvalConfig
-from tiframework.evaluation.diagnostics import (
-    ExplodingEmbedding,
-    check_vector_norms,
-    is_fried,
-    learning_verdict,
-)
+from tiframework.config import EvalConfig, ExperimentConfig
+from tiframework.evaluation.diagnostics import ExplodingEmbedding, check_vector_norms
 from tiframework.evaluation.evaluator import Evaluator
-from tiframework.evaluation.evidence import save_eval_images
 from tiframework.evaluation.metrics import FIDELITY
-from tiframework.evaluation.summary import append_row, best_row, curve_plateau, samples_by_step, summarize
 from tiframework.sd.embeddings import Embedding, save_embedding
 from tiframework.sd.generate import generate, make_pipeline
+from tiframework.sd.models import SDParts
 from tiframework.sd.optimizer_state import save_optimizer_state
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import save_previews
+from tiframework.training.run_eval import RunEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +63,28 @@ class EmbeddingSaver(StepCallback):
         self.saved: list[Path] = []
 
     def save(self, module: TextualInversionModule, step: int, stem: str) -> Path:
-        emb = Embedding(name=stem, vectors=module.vectors.detach().float().cpu().clone(),
+        optimizers = module.trainer.optimizers if module._trainer is not None else []
+        return self.save_vectors(module.vectors, optimizers[0] if optimizers else None, step, stem)
+
+    def save_vectors(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
+                     stem: str) -> Path:
+        """`<stem>.pt` + `.safetensors` (+ `<stem>.pt.optim` with `optimizer`'s state); the `.pt` path."""
+        emb = Embedding(name=stem, vectors=vectors.detach().float().cpu().clone(),
                         step=step, sd_checkpoint=self.checkpoint_hash, sd_checkpoint_name=self.checkpoint_name)
         pt = self.folder / f"{stem}.pt"
-        optimizers = module.trainer.optimizers if module._trainer is not None else []
-        if optimizers:
-            save_optimizer_state(pt, emb.vectors, optimizers[0].state_dict(), step)
+        if optimizer is not None:
+            save_optimizer_state(pt, emb.vectors, optimizer.state_dict(), step)
         save_embedding(emb, self.folder / f"{stem}.safetensors")
         save_embedding(emb, pt)
         self.saved.append(pt)
         return pt
+
+    def save_final(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
+                   name: str) -> Path:
+        """The end of a run: `<name>-<step>` unless already saved at that step, then `<name>`."""
+        if not self.saved or self.saved[-1].stem != f"{name}-{step}":
+            self.save_vectors(vectors, optimizer, step, f"{name}-{step}")
+        return self.save_vectors(vectors, optimizer, step, name)
 
     def on_step(self, trainer, module, step) -> None:
         if self.every and step % self.every == 0:
@@ -93,11 +101,15 @@ class PreviewWriter(StepCallback):
         self.pipe = None
 
     def render(self, module: TextualInversionModule, step: int) -> None:
-        c = module.cfg.preview
-        self.pipe = self.pipe or make_pipeline(module.parts, c.sampler)
+        self.render_vectors(module.parts, module.cfg, module.vectors, step)
+
+    def render_vectors(self, parts: SDParts, cfg: ExperimentConfig, vectors: torch.Tensor, step: int) -> None:
+        """The previews of `vectors` at `step` (a population renders each member's with its own writer)."""
+        c = cfg.preview
+        self.pipe = self.pipe or make_pipeline(parts, c.sampler)
         images = generate(
-            module.parts, self.prompts, c.seeds, name=module.cfg.embedding.name, vectors=module.vectors.detach(),
-            clip_skip=module.cfg.model.clip_skip, steps=c.steps, guidance_scale=c.guidance_scale,
+            parts, self.prompts, c.seeds, name=cfg.embedding.name, vectors=vectors.detach(),
+            clip_skip=cfg.model.clip_skip, steps=c.steps, guidance_scale=c.guidance_scale,
             negative_prompt=c.negative_prompt, width=c.width, height=c.height, pipe=self.pipe,
         )
         save_previews(images, self.folder, step)
@@ -156,110 +168,48 @@ class VectorGuard(StepCallback):
 
 
 class EvalCallback(StepCallback):
-    """Scores the embedding at the start and every `eval.every` steps with an `Evaluator`,
-    writes eval.csv and `eval_images/`, hands each row to `sink`, and runs the fried /
-    not-learning diagnostics.
+    """Scores the embedding at the start and every `eval.every` steps with an `Evaluator`;
+    what each row does (eval files, sink, best checkpoint, diagnostics, plateau stop) is
+    `run_eval.RunEvaluation`'s, which a population member's evaluation shares.
 
-    `keep(module, step)` is called when a checkpoint becomes the best on the selection seeds,
-    so its embedding is saved even where `training.save_every` would not save it. With
-    `stop_on_plateau`, training stops at the evaluation that confirms the fidelity plateau.
+    `keep(module, step)` saves the embedding of `step` when it becomes the best on the
+    selection seeds. With `stop_on_plateau`, training stops at the evaluation that
+    confirms the fidelity plateau.
     """
 
     def __init__(self, evaluator: Evaluator, folder: RunFolder, sink: Callable[[dict[str, float]], None],
                  keep: Callable[[TextualInversionModule, int], Path] | None = None,
                  stop_on_plateau: bool = False, planned_steps: int | None = None):
-        self.evaluator, self.folder, self.sink = evaluator, folder, sink
-        self.keep, self.stop_on_plateau, self.planned_steps = keep, stop_on_plateau, planned_steps
-        self.rows: list[dict[str, float]] = []
-        self.per_image: list[dict[str, Any]] = []
-        self.warnings: list[str] = []
-        self.best_step: int | None = None
-        self.best_embedding: Path | None = None
-        self.stopped_on_plateau: dict[str, int] | None = None
+        self.record = RunEvaluation(evaluator, folder, sink, stop_on_plateau, planned_steps)
+        self.evaluator, self.keep = evaluator, keep
 
     @property
     def cfg(self) -> EvalConfig:
-        return self.evaluator.eval_cfg
+        return self.record.cfg
 
     def evaluate(self, module: TextualInversionModule, step: int) -> None:
         row = self.evaluator.score(module.vectors, step)
-        append_row(self.rows, row)
-        self.per_image += self.evaluator.last_per_image
-        self.folder.write_eval(self.rows)
-        self.folder.write_per_image(self.per_image)
-        save_eval_images(self.evaluator.last_images, self.folder.eval_images, step)
-        self.sink(row)
-        self._keep_best(module)
-        self._diagnose(row, step)
-        if self.stop_on_plateau:
-            self._stop_if_plateau(module, step)
-
-    def _keep_best(self, module: TextualInversionModule) -> None:
-        chosen = best_row(self.rows)
-        if chosen is None or int(chosen["step"]) == self.best_step:
-            return
-        self.best_step = int(chosen["step"])
-        if self.keep is not None:
-            self.best_embedding = self.keep(module, self.best_step)
-
-    def _stop_if_plateau(self, module: TextualInversionModule, step: int) -> None:
-        if self.planned_steps is not None and step >= self.planned_steps:
-            return  # the run ends here anyway: nothing to stop, nothing saved
-        plateau = curve_plateau(self.rows, self.cfg, samples=samples_by_step(self.per_image))
-        if plateau is None or plateau.reason != "plateau" or module._trainer is None:
-            return
-        saved = (self.planned_steps or step) - step
-        self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step), "steps_saved": saved}
-        log.info("fidelity plateaued at step %d (confirmed at %d, noise %.4f): stopping, %d planned steps saved",
-                 plateau.step, step, plateau.noise, saved)
-        module.trainer.should_stop = True
-
-    def _diagnose(self, row: dict[str, float], step: int) -> None:
-        cfg = self.cfg
-        if is_fried(row["eval/fried"], cfg.fried_threshold):
-            self.warn(f"eval images look fried at step {step} (score {row['eval/fried']:.2f} > "
-                      f"{cfg.fried_threshold}): wrong VAE or model, or a learning rate far too high")
-        base = self.rows[0].get(FIDELITY)
-        if (cfg.verdict_after and step >= cfg.verdict_after and FIDELITY in row and base is not None
-                and not any("not learning" in w for w in self.warnings)):
-            verdict = learning_verdict(base, row[FIDELITY], cfg.verdict_margin, step)
-            if verdict:
-                self.warn(verdict)
-
-    def warn(self, text: str) -> None:
-        log.warning(text)
-        self.warnings.append(text)
+        keep = (lambda s: self.keep(module, s)) if self.keep is not None else None
+        if self.record.record(row, step, keep, can_stop=module._trainer is not None):
+            module.trainer.should_stop = True
 
     def summary(self) -> dict[str, Any]:
-        """Best (chosen on the selection seeds) and plateau of CLIP fidelity, the best
-        checkpoint's file, a plateau stop, and the diagnostics' warnings."""
-        out = summarize(self.rows, self.cfg, samples=samples_by_step(self.per_image))
-        out["warnings"] = list(self.warnings)
-        if self.best_embedding is not None and out.get("best_step") == self.best_step:
-            out["best_embedding"] = str(self.best_embedding)
-        out["stopped_on_plateau"] = self.stopped_on_plateau
-        return out
+        return self.record.summary()
 
     def continue_curve(self, rows: list[dict[str, float]], per_image: list[dict[str, Any]],
                        embeddings: Path, name: str) -> None:
-        """A run resumed in its own folder: its curve goes on from the rows it kept."""
-        self.rows, self.per_image = list(rows), list(per_image)
-        chosen = best_row(self.rows)
-        if chosen is not None:
-            self.best_step = int(chosen["step"])
-            found = embeddings / f"{name}-{self.best_step}.pt"
-            self.best_embedding = found if found.is_file() else None
+        self.record.continue_curve(rows, per_image, embeddings, name)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not (self.rows and self.rows[-1]["step"] == pl_module.step):  # a resumed run may have this row
+        if self.record.due_at_start(pl_module.step):  # a resumed run may have this row
             self.evaluate(pl_module, pl_module.step)
 
     def on_step(self, trainer, module, step) -> None:
-        if self.cfg.every and step % self.cfg.every == 0:
+        if self.record.due(step):
             self.evaluate(module, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.rows and self.rows[-1]["step"] != pl_module.step and pl_module.nonfinite_step is None:
+        if self.record.due_at_end(pl_module.step) and pl_module.nonfinite_step is None:
             self.evaluate(pl_module, pl_module.step)
 
 

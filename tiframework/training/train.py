@@ -184,10 +184,9 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
-    name, saver = cfg.embedding.name, watchers.saver
-    if not saver.saved or saver.saved[-1].stem != f"{name}-{final_step}":
-        saver.save(module, final_step, f"{name}-{final_step}")
-    final = saver.save(module, final_step, name)
+    optimizers = module.trainer.optimizers if module._trainer is not None else []
+    final = watchers.saver.save_final(module.vectors, optimizers[0] if optimizers else None, final_step,
+                                      cfg.embedding.name)
     summary: dict[str, Any] = {
         "run_dir": str(folder.path), "embedding": str(final), "final_step": final_step,
         "final_loss": module.last_loss, "vector_norms": module.vector_norms(), "stopped": watchers.guard.stop_reason,
