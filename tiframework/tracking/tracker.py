@@ -4,7 +4,8 @@ The tracker receives what training and evaluation produce (scalars, eval rows, p
 images, the summary, the final embedding) and never computes any of it. The run folder
 (`tracking.runfolder`) always gets the same numbers, so nothing depends on the cloud.
 W&B runs are finished in `close()`, which `train()` calls from a `finally`, also when
-training raises.
+training raises. Each tracker has its own W&B run, so a population's members can log side
+by side in one process.
 """
 
 from __future__ import annotations
@@ -73,7 +74,13 @@ class Tracker:
             config=run_config(self.cfg), mode=mode, offline=mode in OFFLINE_MODES,
         )
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns on every run
-        run = logger.experiment  # start the run now, so its folder exists even if training fails early
+        # Started here, not by Lightning: its logger would reuse a run already in progress,
+        # and a population keeps one run per member open at once. Started now, so its
+        # folder exists even if training fails early.
+        run = wandb.init(**logger._wandb_init, reinit="create_new")
+        run.define_metric("trainer/global_step")  # Lightning's x-axis, as its logger defines it
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        logger._experiment = run
         run.define_metric(STEP_METRIC)
         if mode in OFFLINE_MODES:
             folder = Path(run.dir).parent
@@ -89,6 +96,12 @@ class Tracker:
                  for i, img in enumerate(row)]
         self._define_step_axis(["preview/images"])
         self.logger.experiment.log({"preview/images": shown, STEP_METRIC: step})
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        """One optimizer step's scalars, where Lightning does not log them (a population member)."""
+        if self.logger is not None:
+            self._define_step_axis(list(metrics))
+            self.logger.log_metrics(metrics | {STEP_METRIC: float(step)}, step=step)
 
     def log_eval(self, row: dict[str, float]) -> None:
         if self.logger is not None:
@@ -120,8 +133,6 @@ class Tracker:
 
     def close(self) -> None:
         if self.logger is not None:
-            self.logger.experiment.finish()
-            if wandb.run is not None:
-                wandb.finish()
+            self.logger.experiment.finish()  # this run only: a population's other members' stay open
             self.logger = None
 
