@@ -29,7 +29,7 @@ from tiframework.evaluation.metrics import FIDELITY, fidelity_scores, flexibilit
 from tiframework.evaluation.noise import mean_se, se_key
 from tiframework.evaluation.summary import SELECT
 from tiframework.evaluation.traits import load_trait_scorer
-from tiframework.sd.generate import generate, make_pipeline
+from tiframework.sd.generate import ImageRequest, generate, make_pipeline
 from tiframework.sd.models import SDParts
 from tiframework.toyworld import clip as toy_clip
 from tiframework.toyworld.characters import is_spec, parse_spec
@@ -72,19 +72,39 @@ class Evaluator:
         # order: the same seeds at every checkpoint, so differences pair up image by image.
         self.last_per_image: list[dict[str, Any]] = []
 
-    def _images(self, prompts: list[str], vectors: torch.Tensor, seeds: list[int]) -> dict[str, list[Any]]:
+    def requests(self, vectors: torch.Tensor) -> list[ImageRequest]:
+        """The images one evaluation needs: held-out fidelity, flexibility, then selection,
+        one request per prompt (`score_images` takes them back in this order)."""
+        e, c = self.eval_cfg, self.cfg
+        vectors = vectors.detach().to(self.parts.unet.device)
+
+        def each(prompts: list[str], seeds: list[int]) -> list[ImageRequest]:
+            return [ImageRequest(p, list(seeds), c.embedding.name, vectors, c.model.clip_skip) for p in prompts]
+
+        return each(list(e.prompts), list(e.seeds)) + each(list(e.flexibility_prompts), list(e.seeds)) + \
+            each(list(e.prompts), e.selection())
+
+    def generation(self) -> dict[str, Any]:
+        """The `eval.*` generation settings (requests with equal settings can share sampler calls)."""
         e = self.eval_cfg
-        images = generate(self.parts, prompts, seeds, name=self.cfg.embedding.name, vectors=vectors,
-                          clip_skip=self.cfg.model.clip_skip, steps=e.steps, guidance_scale=e.guidance_scale,
-                          negative_prompt=e.negative_prompt, width=e.width, height=e.height, pipe=self.pipe)
-        return dict(zip(prompts, images, strict=True))
+        return {"sampler": e.sampler, "steps": e.steps, "guidance_scale": e.guidance_scale,
+                "negative_prompt": e.negative_prompt, "width": e.width, "height": e.height}
 
     def score(self, vectors: torch.Tensor, step: int) -> dict[str, float]:
+        """Generate this evaluation's images (one sampler call per prompt) and score them."""
+        settings = {k: v for k, v in self.generation().items() if k != "sampler"}
+        images = [generate(self.parts, [r.prompt], r.seeds, name=r.name, vectors=r.vectors, clip_skip=r.clip_skip,
+                           pipe=self.pipe, **settings)[0] for r in self.requests(vectors)]
+        return self.score_images(images, vectors, step)
+
+    def score_images(self, images: list[list[Any]], vectors: torch.Tensor, step: int) -> dict[str, float]:
+        """The row for `step` from the images of `requests(vectors)`, in that order; also
+        sets `last_images` and `last_per_image`."""
         e = self.eval_cfg
-        vectors = vectors.detach().to(self.parts.unet.device)
-        generated = self._images(list(e.prompts), vectors, list(e.seeds))
-        flex = self._images(list(e.flexibility_prompts), vectors, list(e.seeds))
-        selection = self._images(list(e.prompts), vectors, e.selection())
+        fid, flex_prompts = list(e.prompts), list(e.flexibility_prompts)
+        generated = dict(zip(fid, images[:len(fid)], strict=True))
+        flex = dict(zip(flex_prompts, images[len(fid):len(fid) + len(flex_prompts)], strict=True))
+        selection = dict(zip(fid, images[len(fid) + len(flex_prompts):], strict=True))
         held_out = fidelity_scores(self.scorer, self.reference_features, generated)
         chosen = fidelity_scores(self.scorer, self.reference_features, selection).scores
         row: dict[str, float] = {"step": step, **held_out.scores, **flexibility_scores(self.scorer, flex),

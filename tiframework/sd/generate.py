@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import diffusers
 import torch
@@ -42,30 +43,88 @@ def make_pipeline(parts: SDParts, sampler: str = "ddim"):
     return pipe
 
 
+@dataclass
+class ImageRequest:
+    """Images of one prompt, one per seed, for one embedding (`[name]` in the prompt means `vectors`)."""
+
+    prompt: str
+    seeds: list[int]
+    name: str | None
+    vectors: torch.Tensor | None  # (VPT, width)
+    clip_skip: int = 1
+
+
+def _sample(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor, seeds: Sequence[int], steps: int,
+            guidance_scale: float, width: int, height: int) -> list[Image.Image]:
+    """One sampler call, one row per seed. One generator per image gives each seed exactly
+    the starting noise it gets alone, so rows may come from any prompt or embedding."""
+    result = pipe(
+        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_inference_steps=steps,
+        guidance_scale=guidance_scale, width=width, height=height,
+        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds], output_type="pil",
+    )
+    return list(result.images)
+
+
+def _embeds(parts: SDParts, request: ImageRequest, negative_prompt: str, dtype: torch.dtype) -> torch.Tensor:
+    """(2, chunks*77, width): the prompt and the negative prompt, encoded together so both
+    get the same number of 77-token chunks."""
+    text = request.prompt.replace("[name]", request.name or "")
+    return encode_prompts(parts, [text, negative_prompt], request.clip_skip, request.name, request.vectors).to(dtype)
+
+
 @torch.no_grad()
 def generate(parts: SDParts, prompts: Sequence[str], seeds: Sequence[int], *, name: str | None,
              vectors: torch.Tensor | None, clip_skip: int = 1, sampler: str = "ddim", steps: int = 20,
              guidance_scale: float = 7.0, negative_prompt: str = "", width: int | None = None,
              height: int | None = None, pipe=None) -> list[list[Image.Image]]:
-    """Images for each prompt (outer list) and seed (inner list); `[name]` means the embedding."""
+    """Images for each prompt (outer list) and seed (inner list); `[name]` means the embedding.
+
+    One sampler call per prompt, all its seeds at once."""
     pipe = pipe or make_pipeline(parts, sampler)
     dtype = next(parts.unet.parameters()).dtype
     width, height = width or parts.native_size, height or parts.native_size
     out = []
     with decoder_beside_unet(pipe.vae, parts.unet.device, dtype):
         for prompt in prompts:
-            text = prompt.replace("[name]", name or "")
-            # Encode prompt and negative together so both get the same number of 77-token chunks.
-            embeds = encode_prompts(parts, [text, negative_prompt], clip_skip, name, vectors).to(dtype)
-            # All seeds in one call: one generator per image gives each seed exactly the
-            # starting noise it gets alone, at a fraction of the per-call overhead.
+            embeds = _embeds(parts, ImageRequest(prompt, list(seeds), name, vectors, clip_skip), negative_prompt, dtype)
             n = len(seeds)
-            result = pipe(
-                prompt_embeds=embeds[:1].expand(n, -1, -1), negative_prompt_embeds=embeds[1:].expand(n, -1, -1),
-                num_inference_steps=steps, guidance_scale=guidance_scale, width=width, height=height,
-                generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds], output_type="pil",
-            )
-            out.append(list(result.images))
+            out.append(_sample(pipe, embeds[:1].expand(n, -1, -1), embeds[1:].expand(n, -1, -1), seeds, steps,
+                               guidance_scale, width, height))
+    return out
+
+
+@torch.no_grad()
+def generate_requests(parts: SDParts, requests: Sequence[ImageRequest], *, max_images: int | None = None,
+                      sampler: str = "ddim", steps: int = 20, guidance_scale: float = 7.0,
+                      negative_prompt: str = "", width: int | None = None, height: int | None = None,
+                      pipe=None) -> list[list[Image.Image]]:
+    """Images for each request (outer list) and its seeds (inner list), many requests per
+    sampler call: rows of different prompts and embeddings share the UNet's batches.
+
+    Each image equals the one `generate` draws for its prompt, seed and embedding alone, up
+    to the float rounding of batched kernels (nothing in sampling mixes rows: noise per
+    seed, GroupNorm and attention per sample). Requests whose prompts need different
+    numbers of 77-token chunks go to different calls; `max_images` bounds the rows of one
+    call (None: a group's rows at once), so memory stays bounded.
+    """
+    pipe = pipe or make_pipeline(parts, sampler)
+    dtype = next(parts.unet.parameters()).dtype
+    width, height = width or parts.native_size, height or parts.native_size
+    out: list[list[Image.Image]] = [[] for _ in requests]
+    with decoder_beside_unet(pipe.vae, parts.unet.device, dtype):
+        rows_by_length: dict[int, list[tuple[int, int, torch.Tensor]]] = {}  # chunks -> (request, seed, embeds)
+        for i, request in enumerate(requests):
+            embeds = _embeds(parts, request, negative_prompt, dtype)
+            rows_by_length.setdefault(embeds.shape[1], []).extend((i, seed, embeds) for seed in request.seeds)
+        for rows in rows_by_length.values():
+            size = max_images or len(rows)
+            for start in range(0, len(rows), size):
+                call = rows[start:start + size]
+                images = _sample(pipe, torch.cat([e[:1] for _, _, e in call]), torch.cat([e[1:] for _, _, e in call]),
+                                 [seed for _, seed, _ in call], steps, guidance_scale, width, height)
+                for (i, _, _), image in zip(call, images, strict=True):
+                    out[i].append(image)
     return out
 
 

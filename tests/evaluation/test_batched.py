@@ -1,0 +1,68 @@
+"""Evaluations scored together (shared sampler calls) equal each evaluation alone.
+
+Tolerance: rows of one sampler call go through batched UNet and VAE kernels, which round
+differently from a call with fewer rows; the images then pass through uint8 PNG values
+and CLIP. Measured on the tiny preset: images differ by at most 1 (of 255) in a few
+pixels, scores by at most 4.2e-6 (0 with one image per call); TOL = 1e-4. The tiny
+preset's random CLIP barely tells embeddings apart, so the check that the comparison
+has teeth is on pixels: another member's vectors change them by more than 10.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from runs import make_dataset
+from runs import shrunk_quickstart as config
+
+from tiframework.evaluation.batched import score_together
+from tiframework.evaluation.evaluator import make_evaluator
+from tiframework.sd.embeddings import create
+
+TOL = 1e-4
+LONG = "[name], " + ", ".join(f"{c} {t}" for c in ("red", "blue", "green", "pink", "black", "white")
+                              for t in ("ribbon", "bow", "flower", "star", "shoes", "hat"))  # two chunks
+
+
+def members(tmp_path, parts):
+    ref = make_dataset(tmp_path / "ref", n=2, caption=None)
+    common = [f"eval.reference={ref}", "eval.every=1", "eval.seeds=[0, 1]", "eval.selection_seeds=[5]"]
+    variants = [
+        ["embedding.vectors_per_token=2"],
+        ["embedding.name=bee_ti", "embedding.vectors_per_token=3", "model.clip_skip=2",
+         f"eval.flexibility_prompts=[\"{LONG}\"]"],  # a prompt needing two 77-token chunks: its own call
+        ["embedding.vectors_per_token=4", "embedding.init_text=red hair", "eval.steps=3"],  # other settings
+    ]
+    out = []
+    for i, v in enumerate(variants):
+        cfg = config(tmp_path, *common, *v)
+        vectors = create(cfg.embedding, parts, {}).vectors + 0.05 * torch.randn(
+            cfg.embedding.vectors_per_token, parts.width, generator=torch.Generator().manual_seed(i))
+        out.append((make_evaluator(cfg, parts), vectors))
+    return out
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(img, dtype=np.int16) for img in images])
+
+
+@pytest.mark.parametrize("max_images", [None, 1, 3])
+def test_scoring_together_equals_scoring_alone(tmp_path, tiny_parts, max_images):
+    jobs = members(tmp_path, tiny_parts)
+    alone = []
+    for evaluator, vectors in jobs:
+        row = evaluator.score(vectors, 4)
+        alone.append((row, list(evaluator.last_images), list(evaluator.last_per_image)))
+    together = score_together([(e, v, 4) for e, v in jobs], max_images=max_images)
+    for (evaluator, _), row, (solo_row, solo_images, solo_per_image) in zip(jobs, together, alone, strict=True):
+        assert set(row) == set(solo_row)
+        for key, value in solo_row.items():
+            assert row[key] == pytest.approx(value, abs=TOL, nan_ok=True), key
+        assert np.abs(pixels(evaluator.last_images) - pixels(solo_images)).max() <= 1
+        assert [{**r, "eval/clip_fidelity": 0} for r in evaluator.last_per_image] == \
+            [{**r, "eval/clip_fidelity": 0} for r in solo_per_image]
+    # What the tolerance guards against: a member's images drawn with another member's vectors.
+    (first, _), (_, other) = jobs[0], jobs[2]
+    first.score(other[:2], 4)
+    assert np.abs(pixels(first.last_images) - pixels(alone[0][1])).max() > 10
