@@ -31,6 +31,12 @@ from tiframework.training.run_eval import RunEvaluation
 log = logging.getLogger(__name__)
 
 
+def optimizer_of(module: TextualInversionModule) -> torch.optim.Optimizer | None:
+    """The run's AdamW (None before Lightning set it up): its state is saved beside the vectors."""
+    optimizers = module.trainer.optimizers if module._trainer is not None else []
+    return optimizers[0] if optimizers else None
+
+
 def optimizer_step_done(trainer: pl.Trainer, batch_idx: int) -> bool:
     """True on the micro-batch that completed an optimizer step."""
     return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
@@ -63,8 +69,7 @@ class EmbeddingSaver(StepCallback):
         self.saved: list[Path] = []
 
     def save(self, module: TextualInversionModule, step: int, stem: str) -> Path:
-        optimizers = module.trainer.optimizers if module._trainer is not None else []
-        return self.save_vectors(module.vectors, optimizers[0] if optimizers else None, step, stem)
+        return self.save_vectors(module.vectors, optimizer_of(module), step, stem)
 
     def save_vectors(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
                      stem: str) -> Path:
@@ -85,6 +90,12 @@ class EmbeddingSaver(StepCallback):
         if not self.saved or self.saved[-1].stem != f"{name}-{step}":
             self.save_vectors(vectors, optimizer, step, f"{name}-{step}")
         return self.save_vectors(vectors, optimizer, step, name)
+
+    def keep(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int, name: str) -> Path:
+        """The checkpoint of `step`, which must exist whatever `every` says (the best one): one
+        already on disk (saved at this step, or the file a resume started from) stays."""
+        path = self.folder / f"{name}-{step}.pt"
+        return path if path.is_file() else self.save_vectors(vectors, optimizer, step, path.stem)
 
     def on_step(self, trainer, module, step) -> None:
         if self.every and step % self.every == 0:

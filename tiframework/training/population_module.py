@@ -93,6 +93,7 @@ class Member:
     end_step: int  # the optimizer step its training ends at
     loader: DataLoader  # its micro-batches from `start_step` on, as `train` would draw them
     folder: Any = None
+    outputs: Any = None  # its writers (`population_outputs.MemberOutputs`): saves, previews, evaluation, W&B
     optimizer_state: dict | None = None
     skipped: list[str] = field(default_factory=list)  # images it could not read
     warnings: list[str] = field(default_factory=list)  # for its summary
@@ -102,6 +103,7 @@ class Member:
     step_loss: float = math.nan  # mean loss of the last completed optimizer step
     last_loss: float = math.nan
     stopped: str | None = None  # why it left early (non-finite loss, exploding vectors)
+    stop_requested: bool = False  # leave after this step's callbacks (e.g. a confirmed plateau)
     nonfinite_step: int | None = None
     left: bool = False
     optimizer: torch.optim.Optimizer | None = None
@@ -126,6 +128,12 @@ class Member:
     def active(self) -> bool:
         return not self.left
 
+    def request_stop(self, reason: str | None = None) -> None:
+        """Leave once this optimizer step's callbacks have run (reason None: an ordinary end,
+        e.g. a confirmed plateau; a string goes to its summary's `stopped`)."""
+        self.stop_requested = True
+        self.stopped = self.stopped or reason
+
     def lr_at(self, step: int) -> float:
         return learning_rate(self.cfg, self.schedule, step)
 
@@ -139,15 +147,24 @@ class Member:
 
 
 class MemberCallback(pl.Callback):
-    """A callback that follows members: joins, completed optimizer steps, departures.
+    """A callback that follows members: joins, completed optimizer steps, evaluations, departures.
 
-    `on_members_stepped` gets every member that completed an optimizer step in this
-    micro-batch step at once (each at its own `member.step`), so work over members
-    (evaluation, previews) can be batched too.
+    `on_members_join` and `on_members_stepped` get every member that joined (at the start:
+    all of them) or completed an optimizer step in this micro-batch step at once (each at
+    its own `member.step`), so work over members (evaluation, previews) can be batched.
+    To end a member from a callback, call `member.request_stop(reason)`.
     """
+
+    def on_members_join(self, trainer: pl.Trainer, population: PopulationModule, members: list[Member]) -> None:
+        for member in members:
+            self.on_member_join(trainer, population, member)
 
     def on_member_join(self, trainer: pl.Trainer, population: PopulationModule, member: Member) -> None:
         pass
+
+    def on_member_eval(self, trainer: pl.Trainer, population: PopulationModule, member: Member,
+                       row: dict[str, float]) -> None:
+        """After each of its evaluation rows is written (`{"step": ..., "eval/clip_fidelity": ...}`)."""
 
     def on_members_stepped(self, trainer: pl.Trainer, population: PopulationModule, members: list[Member]) -> None:
         pass
@@ -210,7 +227,7 @@ class PopulationModule(pl.LightningModule):
             member.vectors.data = member.vectors.data.to(self.device)
         self._register(member)
         self._make_optimizer(member)
-        self._dispatch("on_member_join", member)
+        self.dispatch("on_members_join", [member])
 
     def leave(self, member: Member, reason: str | None = None) -> None:
         """Take a member out (reason None: it finished); callbacks write its final outputs."""
@@ -218,12 +235,12 @@ class PopulationModule(pl.LightningModule):
             return
         member.left, member.stopped = True, reason
         member._batches = None  # ends its DataLoader's worker processes, if any
-        self._dispatch("on_member_leave", member)
+        self.dispatch("on_member_leave", member)
 
-    def _dispatch(self, hook: str, arg: Any) -> None:
+    def dispatch(self, hook: str, *args: Any) -> None:
         for cb in self.trainer.callbacks:
             if isinstance(cb, MemberCallback):
-                getattr(cb, hook)(self.trainer, self, arg)
+                getattr(cb, hook)(self.trainer, self, *args)
 
     def tick_loader(self) -> DataLoader:
         return DataLoader(_Ticks(self), batch_size=None)
@@ -241,8 +258,7 @@ class PopulationModule(pl.LightningModule):
     def on_train_start(self) -> None:
         if not self._started:
             self._started = True
-            for m in self.members:
-                self._dispatch("on_member_join", m)
+            self.dispatch("on_members_join", list(self.members))
 
     def on_train_end(self) -> None:
         self._ended = True
@@ -264,9 +280,9 @@ class PopulationModule(pl.LightningModule):
                     self._optimizer_step(m)
                     stepped.append(m)
         if stepped:
-            self._dispatch("on_members_stepped", stepped)
+            self.dispatch("on_members_stepped", stepped)
         for m in stepped:
-            if m.stopped is not None or m.step >= m.end_step:
+            if m.stopped is not None or m.stop_requested or m.step >= m.end_step:
                 self.leave(m, m.stopped)  # after its step's metrics and saves, as `train`'s guard
         return None
 

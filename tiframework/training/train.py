@@ -42,6 +42,7 @@ from tiframework.tracking.tracker import Tracker
 from tiframework.training import callbacks as cb
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import rebuild_strips
+from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import a1111_extra_step, parse_schedule, total_steps
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
     return Start(emb.vectors, emb.step, state, path)
 
 
+def continued_folder(cfg: ExperimentConfig, start: Start) -> Path | None:
+    """The run folder a resumed run continues in (its file's own), or None for a new one."""
+    own = RunFolder.owning(start.source) if start.source is not None else None
+    wanted = RunFolder.requested(cfg)
+    return None if own is None or (wanted is not None and wanted != own) else own
+
+
 def open_run_folder(cfg: ExperimentConfig, start: Start) -> tuple[RunFolder, list[dict[str, float]]]:
     """Where the run writes, and the eval rows it keeps.
 
@@ -89,9 +97,8 @@ def open_run_folder(cfg: ExperimentConfig, start: Start) -> tuple[RunFolder, lis
     `logging.run_id` naming another folder it starts that one, and `summary.json`
     records where it came from.
     """
-    own = RunFolder.owning(start.source) if start.source is not None else None
-    wanted = RunFolder.requested(cfg)
-    if own is None or (wanted is not None and wanted != own):
+    own = continued_folder(cfg, start)
+    if own is None:
         return RunFolder.create(cfg), []
     folder = RunFolder(own)
     history, kept = folder.cut_back(start.step, cfg.embedding.name)
@@ -152,10 +159,7 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
                 on_eval(row)
 
         def keep(module: TextualInversionModule, step: int) -> Path:
-            # The best checkpoint's embedding must exist whatever save_every says; one
-            # already on disk (saved at this step, or the file a resume started from) stays.
-            path = folder.embeddings / f"{cfg.embedding.name}-{step}.pt"
-            return path if path.is_file() else saver.save(module, step, path.stem)
+            return saver.keep(module.vectors, cb.optimizer_of(module), step, cfg.embedding.name)
 
         evaluation = cb.EvalCallback(evaluator, folder, sink, keep=keep,
                                      stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=total)
@@ -179,25 +183,36 @@ def _trainer(cfg: ExperimentConfig, runtime: Runtime, steps: int, callbacks: lis
     )
 
 
+def run_summary(folder: RunFolder, final: Path, final_step: int, final_loss: float, norms: list[float],
+                stopped: str | None, skipped: list[str], runtime: dict[str, Any],
+                evaluation: RunEvaluation | None, start: Start) -> dict[str, Any]:
+    """summary.json of a run (a population member's too): final numbers, evaluation, where it came from."""
+    summary: dict[str, Any] = {
+        "run_dir": str(folder.path), "embedding": str(final), "final_step": final_step, "final_loss": final_loss,
+        "vector_norms": norms, "stopped": stopped, "skipped_images": skipped, "runtime": runtime,
+    }
+    if evaluation is not None:
+        summary.update(evaluation.summary())
+        summary["eval_settings"] = eval_settings(evaluation.cfg, "training")
+    if start.source is not None:
+        summary["resumed_from"] = {"file": str(start.source.resolve()), "step": start.step}
+    return summary
+
+
 def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, watchers: Watchers,
-            skipped: list[str], runtime: Runtime) -> tuple[dict[str, Any], Path]:
+            skipped: list[str], runtime: Runtime, start: Start) -> tuple[dict[str, Any], Path]:
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
-    optimizers = module.trainer.optimizers if module._trainer is not None else []
-    final = watchers.saver.save_final(module.vectors, optimizers[0] if optimizers else None, final_step,
-                                      cfg.embedding.name)
-    summary: dict[str, Any] = {
-        "run_dir": str(folder.path), "embedding": str(final), "final_step": final_step,
-        "final_loss": module.last_loss, "vector_norms": module.vector_norms(), "stopped": watchers.guard.stop_reason,
-        "skipped_images": skipped, "runtime": runtime.describe() | {"attention": module.parts.attention()},
-    }
-    if watchers.evaluation is not None:
-        summary.update(watchers.evaluation.summary())
+    final = watchers.saver.save_final(module.vectors, cb.optimizer_of(module), final_step, cfg.embedding.name)
+    stopped = watchers.guard.stop_reason
     if module.nonfinite_step is not None:
-        summary["stopped"] = f"non-finite loss at step {module.nonfinite_step}"
+        stopped = f"non-finite loss at step {module.nonfinite_step}"
         log.error("training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                   module.nonfinite_step, final)
+    evaluation = watchers.evaluation.record if watchers.evaluation is not None else None
+    summary = run_summary(folder, final, final_step, module.last_loss, module.vector_norms(), stopped, skipped,
+                          runtime.describe() | {"attention": module.parts.attention()}, evaluation, start)
     return summary, final
 
 
@@ -252,11 +267,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime)
-        if watchers.evaluation is not None:
-            summary["eval_settings"] = eval_settings(watchers.evaluation.cfg, "training")
-        if start.source is not None:
-            summary["resumed_from"] = {"file": str(start.source.resolve()), "step": start.step}
+        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime, start)
         tracker.finish(summary, final)
         folder.write_summary(summary)
         return summary
