@@ -7,12 +7,13 @@ seed, learning-rate schedule, batch size, accumulation and step count; the membe
 must share the model (`model.*` except `clip_skip`), the device and the precision.
 A member's vectors come out as if it had trained alone with `train(cfg)` (same data
 order, noise and loss normalisation; equal up to float32 rounding of batched kernels),
-and its run folder holds the same `config.yaml`, `metrics.csv`, embeddings and
-`summary.json`. It returns the members' summaries in the configs' order.
-
-Previews, evaluation and W&B logging are not part of population training yet: a member
-that asks for them trains without them, with a warning in its summary; score its
-checkpoints afterwards with `tiframework eval <run folder>`.
+and its run folder is a solo run's: the same `config.yaml`, `metrics.csv`, embeddings,
+previews, `eval.csv` / `eval_per_image.csv` / `eval_images/` and `summary.json`, written by
+the same code, and one W&B run per member. Evaluations of members due at the same step
+generate their images together (`population_eval`). A member that diverges, explodes or
+(with `training.stop_on_plateau`) plateaus leaves; the others go on. A member with
+`resume=` continues in its own run folder, as `train` would. It returns the members'
+summaries in the configs' order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -40,16 +40,36 @@ from tiframework.data.dataset import (
 from tiframework.data.latents import Latents, encode_latents
 from tiframework.data.sources import resolve_data_path
 from tiframework.errors import UserError
+from tiframework.evaluation.evaluator import Evaluator, make_evaluator
 from tiframework.sd.models import SDParts, load_model
+from tiframework.sd.runtime import Runtime
 from tiframework.tracking.runfolder import RunFolder
+from tiframework.tracking.tracker import Tracker
+from tiframework.training.callbacks import EmbeddingSaver, PreviewWriter
+from tiframework.training.population_eval import MemberEvaluation, MemberPreviews
 from tiframework.training.population_module import Amp, Member, PopulationModule, amp_for
-from tiframework.training.population_outputs import MemberMetrics, MemberSaver, PopulationProgress
+from tiframework.training.population_outputs import (
+    MemberMetrics,
+    MemberOutputs,
+    MemberSaver,
+    MemberSummary,
+    PopulationProgress,
+)
+from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import parse_schedule, total_steps
-from tiframework.training.train import Start, starting_point
+from tiframework.training.train import (
+    Start,
+    continued_folder,
+    default_preview_prompts,
+    open_run_folder,
+    run_runtime,
+    starting_point,
+)
 
 log = logging.getLogger(__name__)
 
-NOT_YET = ("preview.every", "eval.every", "logging.wandb")
+# Training keys every member must share: they decide how the one frozen model runs.
+SHARED_TRAINING = ("device", "precision", "gradient_checkpointing", "compile", "offload_vae")
 
 
 def member_label(index: int, cfg: ExperimentConfig) -> str:
@@ -67,23 +87,20 @@ def check_compatible(cfgs: Sequence[ExperimentConfig]) -> None:
             raise UserError(f"{member_label(i, cfg)}: model.* differs from member 0's; a population trains "
                             "through one frozen model (only model.clip_skip may differ): give every member "
                             "the same model settings")
-        for key in ("device", "precision"):
+        for key in SHARED_TRAINING:
             if getattr(cfg.training, key) != getattr(first.training, key):
                 raise UserError(f"{member_label(i, cfg)}: training.{key} differs from member 0's; "
                                 f"all members run in one process: give them the same training.{key}")
-    fixed = [Path(c.logging.runs_dir) / (c.logging.experiment or "default") / c.logging.run_id
-             for c in cfgs if c.logging.run_id]
-    if len(set(fixed)) != len(fixed):
-        dup = next(p for p in fixed if fixed.count(p) > 1)
+
+
+def check_folders(plans: Sequence[Plan]) -> None:
+    """No two members may write one run folder (a fixed run id, or the folder a resume continues)."""
+    fixed = [continued_folder(p.cfg, p.start) or RunFolder.requested(p.cfg) for p in plans]
+    named = [f for f in fixed if f is not None]
+    if len(set(named)) != len(named):
+        dup = next(f for f in named if named.count(f) > 1)
         raise UserError(f"{dup}: two members would write the same run folder; give each a different "
-                        "logging.run_id (or logging.experiment)")
-
-
-def accelerator_for(cfg: ExperimentConfig) -> str:
-    device = cfg.training.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("training.device: cuda was asked for but no GPU is visible; use training.device=auto")
-    return "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+                        "logging.run_id (or logging.experiment), or resume each from its own run")
 
 
 def member_loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
@@ -106,10 +123,13 @@ class Plan:
     skipped: list[str]
     start: Start
     total: int
+    runtime: Runtime
+    evaluator: Evaluator | None = None
 
 
 def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
-    """Everything that can fail on a member's input, before any run folder exists."""
+    """Everything that can fail on a member's input, before any run folder exists (its
+    evaluator too: prompts, CLIP weights, reference art)."""
     try:
         if not cfg.data.path:
             raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
@@ -121,9 +141,11 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         if start.step >= total:
             raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
                             "raise training.max_steps or extend training.learning_rate")
+        runtime = run_runtime(cfg, parts)
+        evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
     except UserError as exc:
         raise UserError(f"{member_label(index, cfg)}: {exc}") from None
-    return Plan(index, cfg, items, skipped, start, total)
+    return Plan(index, cfg, items, skipped, start, total, runtime, evaluator)
 
 
 def member_latents(plan: Plan, parts: SDParts) -> Latents:
@@ -136,29 +158,31 @@ def member_latents(plan: Plan, parts: SDParts) -> Latents:
 
 
 def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> Member:
-    """Build the member's data stream and create its run folder (latents encoded here unless given)."""
+    """Build the member's data stream, open its run folder (its own one when resuming) and its
+    W&B run, and set up its writers (latents encoded here unless given)."""
     cfg = plan.cfg
     latents = latents or member_latents(plan, parts)
     loader = member_loader(cfg, latents, plan.start.step, plan.total)
-    folder = RunFolder.create(cfg)
+    folder, kept_eval = open_run_folder(cfg, plan.start)
+    try:
+        tracker = Tracker(cfg, folder.path)
+    except BaseException:
+        folder.close()
+        raise
+    saver = EmbeddingSaver(folder.embeddings, cfg.training.save_every, parts.checkpoint_hash, parts.checkpoint_name)
+    out = MemberOutputs(folder, saver, tracker, plan.start, plan.runtime.describe() | {"attention": parts.attention()})
+    if cfg.preview.every:
+        prompts = default_preview_prompts(cfg, [it.caption for it in plan.items])
+        out.previews = PreviewWriter(folder.previews, cfg.preview.every, prompts, hook=tracker.log_previews)
+    if plan.evaluator is not None:
+        out.evaluator = plan.evaluator
+        out.evaluation = RunEvaluation(plan.evaluator, folder, tracker.log_eval,
+                                       stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=plan.total)
+        if kept_eval:
+            out.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings, cfg.embedding.name)
     return Member(index=plan.index, cfg=cfg, vectors=torch.nn.Parameter(plan.start.vectors.detach().clone().float()),
-                  start_step=plan.start.step, end_step=plan.total, loader=loader, folder=folder,
-                  optimizer_state=plan.start.optimizer_state, skipped=plan.skipped + latents.skipped,
-                  warnings=skipped_features(cfg))
-
-
-def skipped_features(cfg: ExperimentConfig) -> list[str]:
-    """A warning for what a member asked for that population training does not do yet."""
-    asked = [key for key in NOT_YET if _value(cfg, key)]
-    if not asked:
-        return []
-    return [f"population training does not run {', '.join(asked)} yet: this run trained without them; "
-            "score its checkpoints with `tiframework eval <run folder>`"]
-
-
-def _value(cfg: ExperimentConfig, key: str) -> Any:
-    section, leaf = key.split(".")
-    return getattr(getattr(cfg, section), leaf)
+                  start_step=plan.start.step, end_step=plan.total, loader=loader, folder=folder, outputs=out,
+                  optimizer_state=plan.start.optimizer_state, skipped=plan.skipped + latents.skipped)
 
 
 def _trainer(accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -170,42 +194,50 @@ def _trainer(accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
 
 def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None = None,
                      callbacks: list[pl.Callback] | None = None, max_samples: int | None = None,
-                     amp: Amp | None = None) -> list[dict[str, Any]]:
+                     amp: Amp | None = None, max_eval_images: int | None = None) -> list[dict[str, Any]]:
     """Train one embedding per config, all at once; return each member's summary (its summary.json).
 
     `parts`: already-loaded frozen parts to reuse. `callbacks`: extra Lightning callbacks
-    (`MemberCallback`s follow members). `max_samples`: most samples per shared
-    forward/backward pass (bounds activation memory; None: every member's micro-batch at
-    once). `amp`: override the mixed precision chosen from `training.precision`.
+    (`MemberCallback`s follow members: joins, steps, evaluation rows, departures).
+    `max_samples`: most samples per shared forward/backward pass (bounds activation
+    memory; None: every member's micro-batch at once). `amp`: override the mixed
+    precision chosen from `training.precision`. `max_eval_images`: most images per shared
+    sampler call when members evaluate together (None: each member's per-prompt batch,
+    side by side for all members due at that step).
     """
     check_compatible(cfgs)
     parts = parts or load_model(cfgs[0].model)
-    accelerator = accelerator_for(cfgs[0])
     plans = [plan_member(i, cfg, parts) for i, cfg in enumerate(cfgs)]
-    if accelerator == "gpu":
-        parts.vae.to("cuda")
+    check_folders(plans)
+    runtime = plans[0].runtime
+    parts.prepare(runtime)
     encoded = [member_latents(plan, parts) for plan in plans]  # can still fail: no run folder exists yet
+    if runtime.offload_vae:
+        parts.offload_vae()  # back on the GPU only to decode previews and eval images
+    accelerator = "gpu" if runtime.device == "cuda" else "cpu"
     members: list[Member] = []
     module: PopulationModule | None = None
     try:
         for plan, latents in zip(plans, encoded, strict=True):
             members.append(open_member(plan, parts, latents))
-            for note in members[-1].warnings:
-                log.warning("%s: %s", member_label(plan.index, plan.cfg), note)
         bf16 = accelerator == "gpu" and torch.cuda.is_bf16_supported()
         module = PopulationModule(parts, members, amp or amp_for(cfgs[0].training.precision, accelerator, bf16),
-                                  max_samples=max_samples)
-        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), *(callbacks or [])]
+                                  max_samples=max_samples, compile_unet=runtime.compile)
+        # In this order at each step, as a solo run's callbacks: metrics, saves, previews, evaluation;
+        # on leaving: the last evaluation, then the final files and summary, then the caller's callbacks.
+        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberEvaluation(max_eval_images),
+                                    MemberSummary(), *(callbacks or [])]
         if any(c.logging.progress_bar for c in cfgs):
             found.append(PopulationProgress())
         trainer = _trainer(accelerator, found)
         torch.manual_seed(cfgs[0].training.seed)  # nothing in a step draws from it; kept deterministic anyway
-        log.info("training a population of %d on %s: %s", len(members), accelerator,
+        log.info("training a population of %d on %s: %s", len(members), runtime.summary_line(),
                  ", ".join(m.name for m in members))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             trainer.fit(module, train_dataloaders=module.tick_loader())  # members' final files: on_train_end
         return [m.summary or {} for m in module.members]
     finally:
-        for m in module.members if module is not None else members:  # joined members too
-            m.folder.close()
+        for m in module.members if module is not None else members:  # joined members too; W&B runs finished
+            if m.outputs is not None:
+                m.outputs.close()

@@ -96,7 +96,6 @@ class Member:
     outputs: Any = None  # its writers (`population_outputs.MemberOutputs`): saves, previews, evaluation, W&B
     optimizer_state: dict | None = None
     skipped: list[str] = field(default_factory=list)  # images it could not read
-    warnings: list[str] = field(default_factory=list)  # for its summary
     steps_done: int = 0
     micro: int = 0  # micro-batches in the current accumulation window
     losses: list[float] = field(default_factory=list)  # the current window's micro-batch losses
@@ -187,13 +186,16 @@ class _Ticks(IterableDataset):
 
 
 class PopulationModule(pl.LightningModule):
-    """`state_dict()` holds the members' vectors only; the frozen parts are a plain attribute."""
+    """`state_dict()` holds the members' vectors only; the frozen parts are a plain attribute,
+    already placed (`SDParts.prepare`)."""
 
     def __init__(self, parts: SDParts, members: list[Member], amp: Amp | None = None,
-                 max_samples: int | None = None):
+                 max_samples: int | None = None, compile_unet: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.parts = parts
+        # The frozen UNet's call in training passes (compiled or not), as `TextualInversionModule`.
+        self.run_unet = (torch.compile(parts.unet) if compile_unet else parts.unet).__call__
         self.amp = amp or Amp()
         self.max_samples = max_samples  # samples per shared forward/backward; None: all at once
         self.noise_scheduler = parts.noise_scheduler()
@@ -250,11 +252,6 @@ class PopulationModule(pl.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self._make_optimizer(m) for m in self.members]
 
-    def on_fit_start(self) -> None:
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            self.members[0].cfg.model.dtype]
-        self.parts.to(self.device, dtype if self.device.type == "cuda" else torch.float32)
-
     def on_train_start(self) -> None:
         if not self._started:
             self._started = True
@@ -291,7 +288,7 @@ class PopulationModule(pl.LightningModule):
     def _forward_backward(self, fetched: list[tuple[Member, dict]]) -> None:
         batches = [MemberBatch.from_collated(b, m.name, m.vectors, m.cfg.model.clip_skip) for m, b in fetched]
         with self.amp.autocast():
-            losses = member_losses(self.parts, self.noise_scheduler, batches, self.device)
+            losses = member_losses(self.parts, self.noise_scheduler, batches, self.device, unet=self.run_unet)
         total = None
         for (m, _), loss in zip(fetched, losses, strict=True):
             try:

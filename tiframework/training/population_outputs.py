@@ -1,46 +1,64 @@
-"""What each member of a population writes: its metrics rows, its embeddings and its summary,
-into its own run folder, in the files and formats a `train` run writes.
+"""What each member of a population writes, with the writers a `train` run uses, one set per member,
+so a member's run folder and W&B run are a solo run's:
 
     metrics.csv    one row per optimizer step: loss (mean over its micro-batches), lr, vector norm, time
-    embeddings/    `<name>-<step>.pt` + .safetensors (+ .pt.optim) every `training.save_every` steps;
-                   `<name>.pt` + .safetensors (+ .pt.optim), the final one, when it leaves
-    summary.json   final step and loss, vector norms, why it stopped, skipped images
+    embeddings/    `<name>-<step>.pt` + .safetensors + .pt.optim every `training.save_every` steps and
+                   at the best evaluation; `<name>.pt` (+ ...), the final one, when it leaves
+    previews/, eval.csv, eval_per_image.csv, eval_images/   see `population_eval`
+    summary.json   `train.run_summary`: final step and loss, norms, evaluation summary, why it stopped
+    W&B            one run per member (`tracking.tracker.Tracker`), finished when it leaves
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from tqdm.auto import tqdm
 
-from tiframework.fileio import atomic_path
-from tiframework.sd.embeddings import Embedding, save_embedding
+from tiframework.evaluation.evaluator import Evaluator
+from tiframework.tracking.runfolder import RunFolder
+from tiframework.tracking.tracker import Tracker
+from tiframework.training.callbacks import EmbeddingSaver, PreviewWriter
 from tiframework.training.population_module import Member, MemberCallback, PopulationModule
+from tiframework.training.run_eval import RunEvaluation
+from tiframework.training.train import Start, run_summary
 
 log = logging.getLogger(__name__)
 
 
-def save_member(member: Member, population: PopulationModule, step: int, stem: str) -> Path:
-    """`<stem>.pt` + `.safetensors` in the member's `embeddings/`, its AdamW state in `<stem>.pt.optim`."""
-    parts = population.parts
-    emb = Embedding(name=member.name, vectors=member.vectors.detach().float().cpu().clone(), step=step,
-                    sd_checkpoint=parts.checkpoint_hash, sd_checkpoint_name=parts.checkpoint_name)
-    pt = member.folder.embeddings / f"{stem}.pt"
-    save_embedding(emb, pt)
-    save_embedding(emb, member.folder.embeddings / f"{stem}.safetensors")
-    if member.optimizer is not None:
-        with atomic_path(pt.with_name(pt.name + ".optim")) as tmp:
-            torch.save({"step": step, "optimizer_state_dict": member.optimizer.state_dict()}, tmp)
-    return pt
+@dataclass(eq=False)
+class MemberOutputs:
+    """A member's writers: those of a solo run (saver, previews, evaluation record, tracker)."""
+
+    folder: RunFolder
+    saver: EmbeddingSaver
+    tracker: Tracker
+    start: Start
+    runtime: dict[str, Any]  # summary.json's `runtime`
+    previews: PreviewWriter | None = None
+    evaluator: Evaluator | None = None
+    evaluation: RunEvaluation | None = None
+
+    def close(self) -> None:
+        """Finish its W&B run and close its files (also when training raised)."""
+        try:
+            self.tracker.close()
+        finally:
+            self.folder.close()
+
+
+def outputs(member: Member) -> MemberOutputs:
+    assert isinstance(member.outputs, MemberOutputs), f"{member.name}: opened without its outputs"
+    return member.outputs
 
 
 class MemberMetrics(MemberCallback):
-    """One metrics.csv row per optimizer step in each member's run folder (as `MetricsCSV`)."""
+    """One metrics.csv row per optimizer step in each member's run folder (as `MetricsCSV`), and
+    the same scalars in its W&B run."""
 
     def __init__(self) -> None:
         self.started: dict[int, float] = {}
@@ -51,43 +69,44 @@ class MemberMetrics(MemberCallback):
     def on_members_stepped(self, trainer, population, members) -> None:
         for m in members:
             norms = m.vector_norms()
+            norm, lr = sum(norms) / len(norms), m.lr_at(m.step - 1)
             elapsed = time.monotonic() - self.started.get(id(m), time.monotonic())
-            m.folder.append_metrics({"step": m.step, "loss": f"{m.step_loss:.6g}", "lr": f"{m.lr_at(m.step - 1):.6g}",
-                                     "vector_norm": f"{sum(norms) / len(norms):.6g}", "time": f"{elapsed:.3f}"})
+            out = outputs(m)
+            out.folder.append_metrics({"step": m.step, "loss": f"{m.step_loss:.6g}", "lr": f"{lr:.6g}",
+                                       "vector_norm": f"{norm:.6g}", "time": f"{elapsed:.3f}"})
+            out.tracker.log_step(m.step, {"train/loss": m.step_loss, "train/lr": lr, "train/vector_norm": norm})
 
 
 class MemberSaver(MemberCallback):
-    """Each member's embeddings every `training.save_every` steps, and its final files and
-    summary.json when it leaves (finished, diverged or exploded)."""
-
-    def __init__(self) -> None:
-        self.saved: dict[int, list[Path]] = {}
+    """Each member's embeddings every `training.save_every` steps (its own `EmbeddingSaver`)."""
 
     def on_members_stepped(self, trainer, population, members) -> None:
         for m in members:
             every = m.cfg.training.save_every
             if every and m.step % every == 0:
-                self.saved.setdefault(id(m), []).append(save_member(m, population, m.step, f"{m.name}-{m.step}"))
+                outputs(m).saver.save_vectors(m.vectors, m.optimizer, m.step, f"{m.name}-{m.step}")
+
+
+class MemberSummary(MemberCallback):
+    """When a member leaves (finished, plateaued, diverged or exploded): its final files, its
+    summary.json, its W&B summary and artifact; then its W&B run is finished."""
 
     def on_member_leave(self, trainer, population, member) -> None:
-        member.summary = self.finish(population, member)
-        member.folder.write_summary(member.summary)
-        member.folder.close()
+        out = outputs(member)
+        try:
+            member.summary = self.finish(population, member, out)
+            out.tracker.finish(member.summary, member.summary["embedding"])
+            out.folder.write_summary(member.summary)
+        finally:
+            out.close()
 
-    def finish(self, population: PopulationModule, m: Member) -> dict[str, Any]:
-        """The final saves (`<name>-<step>` unless already saved, and `<name>`) and the summary."""
-        saved = self.saved.get(id(m), [])
-        if not saved or saved[-1].stem != f"{m.name}-{m.step}":
-            save_member(m, population, m.step, f"{m.name}-{m.step}")
-        final = save_member(m, population, m.step, m.name)
-        summary: dict[str, Any] = {
-            "run_dir": str(m.folder.path), "embedding": str(final), "final_step": m.step,
-            "final_loss": m.last_loss, "vector_norms": m.vector_norms(), "stopped": m.stopped,
-            "skipped_images": list(m.skipped),
-        }
-        if m.warnings:
-            summary["warnings"] = list(m.warnings)
-        return summary
+    def finish(self, population: PopulationModule, m: Member, out: MemberOutputs) -> dict[str, Any]:
+        final = out.saver.save_final(m.vectors, m.optimizer, m.step, m.name)
+        if m.nonfinite_step is not None:
+            log.error("%s: training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
+                      m.name, m.nonfinite_step, final)
+        return run_summary(out.folder, final, m.step, m.last_loss, m.vector_norms(), m.stopped, list(m.skipped),
+                           out.runtime, out.evaluation, out.start)
 
 
 class PopulationProgress(MemberCallback):

@@ -22,7 +22,7 @@ states the tolerance).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -117,9 +117,11 @@ def encode_conditioning(parts: SDParts, batches: Sequence[MemberBatch]) -> list[
     return [c for c in out if c is not None]
 
 
-def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch],
-                  device: torch.device | str) -> list[torch.Tensor]:
-    """Each member's mean noise-prediction loss (a scalar), through shared text-encoder and UNet calls."""
+def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch], device: torch.device | str,
+                  unet: Callable[..., Any] | None = None) -> list[torch.Tensor]:
+    """Each member's mean noise-prediction loss (a scalar), through shared text-encoder and UNet calls
+    (`unet`: the UNet's call to use, e.g. compiled; default `parts.unet`)."""
+    unet = unet or parts.unet
     conds = encode_conditioning(parts, batches)
     unet_dtype = next(parts.unet.parameters()).dtype
     noisy, steps, targets = [], [], []
@@ -134,7 +136,7 @@ def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch]
     losses: list[torch.Tensor | None] = [None] * len(batches)
     keys = [(tuple(x.shape[1:]), c.shape[1]) for x, c in zip(noisy, conds, strict=True)]
     for members in group_indices(keys).values():
-        pred = parts.unet(torch.cat([noisy[i] for i in members]).to(unet_dtype), torch.cat([steps[i] for i in members]),
+        pred = unet(torch.cat([noisy[i] for i in members]).to(unet_dtype), torch.cat([steps[i] for i in members]),
                           torch.cat([conds[i] for i in members]).to(unet_dtype)).sample
         for i, p in zip(members, pred.split([batches[i].size for i in members]), strict=True):
             losses[i] = F.mse_loss(p.float(), targets[i].float())
