@@ -118,14 +118,19 @@ def _create(model_name: str, weights: Path | None) -> tuple[torch.nn.Module, Cal
     if weights is not None and not weights.is_file():
         raise UserError(f"eval.clip_pretrained: {weights} not found (give a local open_clip weights file)")
     try:
-        # No tower weights either: with no full checkpoint, open_clip would fetch them.
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name,
-            pretrained=str(weights) if weights else None,
-            pretrained_image=False,
-            pretrained_text=False,
-            weights_only=True,
-        )
+        # A random initialisation (no weights) from a fixed seed, whatever the global RNG has
+        # drawn: two scorers of one model must score alike (a run and its re-evaluation, or a
+        # population member and its solo run).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            # No tower weights either: with no full checkpoint, open_clip would fetch them.
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name,
+                pretrained=str(weights) if weights else None,
+                pretrained_image=False,
+                pretrained_text=False,
+                weights_only=True,
+            )
     except Exception as exc:  # the name was checked: a failure here is the file not fitting the model
         if weights is None:
             raise
