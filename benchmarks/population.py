@@ -9,7 +9,7 @@ Ablation (default): each arm x seed is `experiments/quickstart.yaml` with the ar
 and `training.seed`. "sequential" trains them one after another with `train(cfg)`, as a
 sweep does today; "population" trains them all at once with `train_population(cfgs)`.
 Both time training only: previews, evaluation, W&B and periodic saves are off in both,
-because population training does not evaluate yet (batched evaluation is to come).
+so the figures are the shared training passes' alone.
 Each mode runs in its own subprocess, so its peak memory is its own; it loads the model
 and warms up with a 1-step run of every config in the same mode (neither is timed).
 `max_abs_diff` is the largest |population - sequential| over all members' final vectors.
