@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from runs import make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.evaluation.batched import score_together
 from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.sd.embeddings import create

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from runs import make_dataset
 from runs import shrunk_quickstart as config
-
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import load_embedding
 from tiframework.training import population_module

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+
 from runs import TINY_EVAL, make_dataset
 from runs import shrunk_quickstart as config
-from wandb_reader import read_run
-
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.sd.embeddings import load_embedding
 from tiframework.training.population import train_population
 from tiframework.training.population_module import MemberCallback
 from tiframework.training.train import train
+from wandb_reader import read_run
 
 EVAL_TOL = 1e-4
 F, SELECT = "eval/clip_fidelity", "select/clip_fidelity"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from runs import shrunk_quickstart as config
 
+from runs import shrunk_quickstart as config
 from tiframework.data.dataset import collate
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.shared_pass import (
