@@ -26,14 +26,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from tiframework.config import ExperimentConfig
 from tiframework.data.dataset import (
-    CaptionedLatents,
     Item,
-    StreamSampler,
-    collate,
     read_templates,
     scan_folder,
 )
@@ -64,6 +60,7 @@ from tiframework.training.train import (
     open_run_folder,
     run_runtime,
     starting_point,
+    stream_loader,
 )
 
 log = logging.getLogger(__name__)
@@ -101,16 +98,6 @@ def check_folders(plans: Sequence[Plan]) -> None:
         dup = next(f for f in named if named.count(f) > 1)
         raise UserError(f"{dup}: two members would write the same run folder; give each a different "
                         "logging.run_id (or logging.experiment), or resume each from its own run")
-
-
-def member_loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
-    """The member's micro-batches from optimizer step `start` on: exactly the stream `train` draws."""
-    t = cfg.training
-    dataset = CaptionedLatents(latents.items, latents.means, latents.stds, cfg.data, read_templates(cfg.data),
-                               cfg.embedding.name, t.seed)
-    sampler = StreamSampler([it.size for it in latents.items], t.batch_size, t.seed,
-                            start=start * t.accumulate, length=(total - start) * t.accumulate)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
 
 
 @dataclass
@@ -162,7 +149,7 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
     W&B run, and set up its writers (latents encoded here unless given)."""
     cfg = plan.cfg
     latents = latents or member_latents(plan, parts)
-    loader = member_loader(cfg, latents, plan.start.step, plan.total)
+    loader = stream_loader(cfg, latents, plan.start.step, plan.total)
     folder, kept_eval = open_run_folder(cfg, plan.start)
     try:
         tracker = Tracker(cfg, folder.path)

@@ -120,7 +120,8 @@ def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -
     return ["[name]"] + ([f"{first}, [name]"] if first else [])
 
 
-def _loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
+def stream_loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
+    """The run's micro-batches from optimizer step `start` on (a population member draws the same)."""
     t = cfg.training
     dataset = CaptionedLatents(latents.items, latents.means, latents.stds, cfg.data, read_templates(cfg.data),
                                cfg.embedding.name, t.seed)
@@ -252,7 +253,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
         if runtime.offload_vae:
             parts.offload_vae()  # back on the GPU only to decode previews and eval images
-        loader = _loader(cfg, latents, start.step, total)
+        loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
                                         compile_unet=runtime.compile)
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
