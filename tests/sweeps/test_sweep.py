@@ -203,7 +203,7 @@ def test_sweeps_can_turn_on_stop_on_plateau(tmp_path, experiment):
 
 def test_seed_result_uses_held_out_scores():
     from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
-    from tiframework.sweeps.worker import seed_result
+    from tiframework.sweeps.outcome import seed_result
 
     rows = [{"step": 0, FIDELITY: 0.1, FLEXIBILITY: 0.3, "select/clip_fidelity": 0.12},
             {"step": 40, FIDELITY: 0.3, FLEXIBILITY: 0.25, "select/clip_fidelity": 0.45},

@@ -12,13 +12,15 @@ def _sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from tiframework.sweeps.launch import all_failed, run_sweep
+    from tiframework.sweeps.population_size import parse_population
 
     # optuna prints through its own handler ("[I ...] A new study created in Journal"); through
     # ours, the CLI's filter keeps its warnings (a failed trial, one line) and drops its INFO.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     summary = run_sweep(args.sweep, args.overrides, storage=args.storage, n_trials=args.n_trials,
-                        workers=args.workers, study_name=args.study_name, fresh=args.fresh)
+                        workers=args.workers, study_name=args.study_name, fresh=args.fresh,
+                        population=None if args.population is None else parse_population(args.population))
     print(json.dumps(summary, indent=2, default=str))
     failed = all_failed(summary)
     if failed:
@@ -45,7 +47,8 @@ def register(subparsers) -> None:
         "<runs_dir>/sweeps/<study>/trial-<n>[-seed-<s>]/. The study is a journal file in that folder unless "
         "--storage names a PostgreSQL URL, which lets several machines (each running this same command) "
         "share one study. Re-running the command resumes the study up to --n-trials in total. Exits 1 when no trial "
-        "completed and some failed, with the failure reasons counted.",
+        "completed and some failed, with the failure reasons counted. A worker trains several runs at once as one "
+        "population (--population); each run's folder, scores and study record are those it would have alone.",
     )
     p.add_argument("sweep", help="sweep YAML, e.g. sweeps/vpt_lr_accum.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for the base experiment, e.g. "
@@ -55,6 +58,11 @@ def register(subparsers) -> None:
     p.add_argument("--n-trials", type=int, help="trials in the study in total (default: the sweep's n_trials)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
     p.add_argument("--study-name", help="default: the sweep's study_name, else the file's stem")
+    p.add_argument("--population", metavar="K|auto",
+                   help="runs each worker trains at once through one frozen model, each scored, named and stored "
+                   "as if it trained alone (K trials of an arms or grid sweep, K points asked of TPE); auto: from "
+                   "the device and its free memory; 1: one run at a time. Pruning sweeps use 1 "
+                   "(default: the sweep file's population:, else auto)")
     p.add_argument("--fresh", action="store_true",
                    help="start the study over: move the existing one (and its run folders) aside to "
                    "<study>-old-<time>, never deleting it; run it with no worker of that study running")

@@ -92,10 +92,12 @@ class Prepared:
 
 def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
             storage: str | None = None, n_trials: int | None = None, study_name: str | None = None,
-            runner: str | None = None, progress: bool = True, fresh: bool = False) -> Prepared:
+            runner: str | None = None, progress: bool = True, fresh: bool = False,
+            population: int | str | None = None) -> Prepared:
     """Check the sweep, open the storage and create (or reuse) the study: all before any worker starts.
 
     `fresh`: move an existing study of that name (and its run folders) aside first.
+    `population`: runs a worker trains at once (a number or "auto"; None: the sweep file's).
     """
     overrides = list(overrides or [])
     sweep = load_sweep(sweep_path, overrides)
@@ -110,7 +112,8 @@ def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = No
     study = st.create_study(sweep, base, st.open_storage(loc, sweep), name, loc)
     log.info("study %s (%s): %d of %d trials exist; runs go to %s",
              name, loc.describe(), counted(study.get_trials(deepcopy=False)), total, folder)
-    spec = WorkerSpec(str(sweep.path), tuple(overrides), storage, name, total, 0, progress, runner)
+    spec = WorkerSpec(str(sweep.path), tuple(overrides), storage, name, total, 0, progress, runner,
+                      population=population)
     return Prepared(spec, study, loc, folder)
 
 
@@ -118,7 +121,7 @@ def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = 
               storage: str | None = None, n_trials: int | None = None, workers: int = 1,
               study_name: str | None = None, runner: str | None = None,
               pruner: optuna.pruners.BasePruner | None = None, progress: bool = True,
-              fresh: bool = False) -> dict[str, Any]:
+              fresh: bool = False, population: int | str | None = None) -> dict[str, Any]:
     """Run a sweep to `n_trials` trials in total (those already in the study count); return a summary.
 
     `runner` ("module:Class") and `pruner` are test hooks; `pruner` works in-process only.
@@ -126,7 +129,7 @@ def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = 
     if workers < 1:
         raise UserError("--workers must be at least 1")
     p = prepare(sweep_path, overrides, storage=storage, n_trials=n_trials, study_name=study_name,
-                runner=runner, progress=progress, fresh=fresh)
+                runner=runner, progress=progress, fresh=fresh, population=population)
     if workers == 1:
         results = [run_worker(p.spec, pruner)]
     else:

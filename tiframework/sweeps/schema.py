@@ -123,6 +123,10 @@ class SweepConfig(Section):
         None, min_length=1, description="training.seed values; each configuration runs once per seed (mean)"
     )
     study_name: str | None = Field(None, description="default: the sweep file's stem")
+    population: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="runs a worker trains at once through one frozen model (`train_population`), each "
+        "a trial's run as if alone; auto: from the device and its free memory; 1 with pruning (`--population` wins)",
+    )
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=2, description="seconds without a heartbeat before a trial counts as dead")
     max_retry: int = Field(2, ge=0, description="times a dead worker's trial is re-run")

@@ -14,12 +14,10 @@ import importlib
 import logging
 import os
 import socket
-import statistics
 import time
 import warnings
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -27,13 +25,14 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
-from tiframework.errors import UserError
-from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
+from tiframework.evaluation.metrics import FIDELITY
 from tiframework.sd.models import load_model
 from tiframework.sweeps import arms
 from tiframework.sweeps import storage as st
+from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
+from tiframework.sweeps.population import run_batch, train_members
+from tiframework.sweeps.population_size import choose_size, population_size
 from tiframework.sweeps.schema import (
-    OBJECTIVES,
     CategoricalParam,
     IntParam,
     SweepConfig,
@@ -47,15 +46,13 @@ from tiframework.training.train import train
 log = logging.getLogger(__name__)
 
 
-class TrialFailed(Exception):
-    """A run finished but cannot be scored (stopped early, no fidelity): the trial is FAIL."""
-
-
 class Runner(Protocol):
     """How a worker loads the frozen model and runs one configuration (tests swap in cheap ones)."""
 
     def load(self, model: ModelConfig) -> Any: ...
     def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]: ...
+    # Optional: `run_population(cfgs, parts, on_evals) -> summaries` trains configurations together
+    # (raising `population.PopulationFailed`); a runner without it trains one run at a time.
 
 
 class TrainRunner:
@@ -66,6 +63,9 @@ class TrainRunner:
 
     def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]:
         return train(cfg, parts=parts, on_eval=on_eval)
+
+    def run_population(self, cfgs: list[ExperimentConfig], parts: Any, on_evals: list[Any]) -> list[dict[str, Any]]:
+        return train_members(cfgs, parts, on_evals)
 
 
 def resolve_runner(ref: str | None) -> Runner:
@@ -88,7 +88,8 @@ class WorkerSpec:
     worker: int = 0
     progress: bool = True
     runner: str | None = None
-    workers: int = 1  # processes on this machine (sampler seeding)
+    workers: int = 1  # processes on this machine (sampler seeding, memory per worker)
+    population: int | str | None = None  # runs trained at once: a number, "auto", None: the sweep file's
 
 
 def budget_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -118,36 +119,6 @@ def suggest(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:
     return params
 
 
-def seed_result(summary: dict[str, Any], rows: list[dict[str, float]]) -> dict[str, Any]:
-    """One run's numbers, all measured on the held-out eval seeds: the fidelity of the
-    checkpoint chosen on the selection seeds (`best_score`), fidelity at the plateau step
-    (or at the last eval when there is none), flexibility at the best checkpoint; plus the
-    plateau's reason and the steps a plateau stop saved."""
-    if summary.get("best_score") is None or not rows:
-        raise TrialFailed("the run has no fidelity scores (is eval.every > 0 and eval.reference set?)")
-    by_step = {int(r["step"]): r for r in rows if FIDELITY in r}
-    plateau = summary.get("plateau_step")
-    at_plateau = by_step.get(plateau) if plateau is not None else None
-    at_plateau = at_plateau or by_step[max(by_step)]
-    stop = summary.get("stopped_on_plateau") or {}
-    return {"best_fidelity": summary["best_score"], "best_fidelity_selection": summary.get("best_score_selection"),
-            "best_step": summary.get("best_step"), "plateau_step": plateau,
-            "plateau_reason": summary.get("plateau_reason"), "plateau_fidelity": at_plateau[FIDELITY],
-            "flexibility": by_step.get(summary.get("best_step"), {}).get(FLEXIBILITY),
-            "final_step": summary.get("final_step"), "steps_saved": stop.get("steps_saved"),
-            "run_dir": summary.get("run_dir")}
-
-
-def objective_values(sweep: SweepConfig, results: list[dict[str, Any]]) -> list[float]:
-    values = []
-    for name in OBJECTIVES[sweep.objective]:
-        got = [r[name] for r in results]
-        if any(v is None for v in got):
-            raise TrialFailed(f"{name} is missing from a run's evaluation (eval.flexibility_prompts empty?)")
-        values.append(statistics.fmean(got))
-    return values
-
-
 def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> int | None:
     """`sampler_seed` as given for a lone worker on a journal file (reproducible), else per worker.
 
@@ -160,6 +131,15 @@ def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> 
     return zlib.crc32(f"{sweep.sampler_seed}:{socket.gethostname()}:{os.getpid()}:{spec.worker}".encode())
 
 
+class Grid(optuna.samplers.GridSampler):
+    """Optuna's grid, without its `study.stop()` once the grid is used up: that works only inside
+    `study.optimize`, and a population batch tells its trials outside it. The worker stops
+    asking by the trial count anyway (a grid's `total_trials` is at most its size)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -167,7 +147,7 @@ def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers
             return optuna.samplers.RandomSampler(seed=seed)
         if sweep.sampler == "grid":
             grid = {k: p.choices for k, p in sweep.space.items() if isinstance(p, CategoricalParam)}
-            return optuna.samplers.GridSampler(grid, seed=seed)
+            return Grid(grid, seed=seed)
         if sweep.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         # constant_liar: parallel workers do not all sample the same point while trials run.
@@ -233,35 +213,33 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.gate.release()  # our trial exists now: the next worker may count and ask
+        params = self.begin(trial)
+        saved_before = self.saved_s
+        try:
+            return self._run_seeds(trial, params)
+        except BaseException as exc:
+            out = failure(trial, exc)
+            if out is exc:
+                raise
+            raise out from None
+        finally:
+            trial.set_user_attr("model_load_saved_s", round(self.saved_s - saved_before, 3))
+
+    def begin(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's parameters (suggested, or its enqueued arm and seed) and its first user attrs."""
         params = arms.suggest_arm(trial, self.sweep) if self.sweep.arms else suggest(trial, self.sweep)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("seeds", {})  # a retried trial inherits its dead predecessor's attrs
         trial.set_user_attr("model_load_s", round(self.load_s, 3))
-        saved_before = self.saved_s
-        try:
-            return self._run_seeds(trial, params)
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # not counted: re-running the command redoes it
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            raise
-        except (TrialFailed, UserError) as exc:
-            # Bad settings or a run that stopped: the reason says it all, a traceback would bury it.
-            trial.set_user_attr("fail_reason", str(exc)[:1000])
-            raise TrialFailed(str(exc)) from None
-        except Exception as exc:  # a bug: keep the full traceback in the log
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
-            raise
-        finally:
-            trial.set_user_attr("model_load_saved_s", round(self.saved_s - saved_before, 3))
+        return params
 
-    def _run_seeds(self, trial: optuna.Trial, params: dict[str, Any]) -> float | list[float]:
+    def configs(self, trial: optuna.Trial, params: dict[str, Any]) -> list[ExperimentConfig]:
+        """The trial's runs: one per seed (a comparison trial: its arm with its one seed)."""
         seeds: list[int | None] = list(self.sweep.seeds) if self.sweep.seeds else [None]
-        if self.sweep.arms:  # a comparison trial is one arm with one seed
+        if self.sweep.arms:
             seeds = [params[arms.SEED]]
-        results: dict[str, dict[str, Any]] = {}
-        for i, seed in enumerate(seeds):
+        cfgs = []
+        for seed in seeds:
             if self.sweep.arms:
                 over = arm_run_overrides(self.sweep, self.study_name, params[arms.ARM], params[arms.SEED],
                                          self.base.logging.runs_dir)
@@ -270,23 +248,25 @@ class Objective:
                                             self.base.logging.runs_dir)
             if not self.run_progress:
                 over["logging.progress_bar"] = False
-            cfg = with_overrides(self.base, over)
-            if self.sweep.arms:
-                arms.set_aside(Path(cfg.logging.runs_dir) / str(cfg.logging.experiment) / str(cfg.logging.run_id))
-            rows: list[dict[str, float]] = []
-            self.saved_s += self.load_s if self.runs else 0.0
-            self.runs += 1
-            start = time.perf_counter()
-            summary = self.runner.run(cfg, self.parts, self._on_eval(trial, rows, report=i == 0))
-            if summary.get("stopped"):
-                raise TrialFailed(f"seed {cfg.training.seed}: {summary['stopped']}")
-            results[str(cfg.training.seed)] = seed_result(summary, rows) | {
-                "train_s": round(time.perf_counter() - start, 2)}
-            trial.set_user_attr("seeds", results)  # per seed, as they finish
-        values = objective_values(self.sweep, list(results.values()))
-        return values[0] if len(values) == 1 else values
+            cfgs.append(with_overrides(self.base, over))
+        return cfgs
 
-    def _on_eval(self, trial: optuna.Trial, rows: list[dict[str, float]], report: bool):
+    def count_run(self) -> None:
+        self.saved_s += self.load_s if self.runs else 0.0
+        self.runs += 1
+
+    def _run_seeds(self, trial: optuna.Trial, params: dict[str, Any]) -> float | list[float]:
+        results: dict[str, dict[str, Any]] = {}
+        for i, cfg in enumerate(self.configs(trial, params)):
+            set_aside_run(cfg)
+            rows: list[dict[str, float]] = []
+            self.count_run()
+            start = time.perf_counter()
+            summary = self.runner.run(cfg, self.parts, self.on_eval(trial, rows, report=i == 0))
+            record_run(trial, results, cfg, summary, rows, time.perf_counter() - start)
+        return objective_value(self.sweep, results)
+
+    def on_eval(self, trial: optuna.Trial, rows: list[dict[str, float]], report: bool):
         # Pruning follows the first seed's curve; later seeds of a surviving trial just run.
         report = report and len(self.sweep.directions) == 1
 
@@ -314,21 +294,42 @@ def _start_one(study: optuna.Study, sweep: SweepConfig, trials: list[FrozenTrial
     return not sweep.arms or arms.enqueue_next(study, sweep, budget_trials(trials)) is not None
 
 
+def _ask(study: optuna.Study, objective: Objective, n_trials: int, most: int) -> list[tuple[optuna.Trial, dict]]:
+    """Up to `most` new trials, asked one after another as `_start_one` allows (the caller holds the
+    gate); each gets its parameters at once, so the next ask sees them (arms, grid, TPE's liars)."""
+    batch: list[tuple[optuna.Trial, dict]] = []
+    while len(batch) < most and _start_one(study, objective.sweep, study.get_trials(deepcopy=False), n_trials):
+        trial = study.ask()
+        batch.append((trial, objective.begin(trial)))
+    return batch
+
+
 def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n_trials: int,
-                poll_s: float, progress: SweepProgress | None) -> int:
-    """Run trials until the study holds n_trials counted ones and none is left to retry."""
+                poll_s: float, progress: SweepProgress | None, population: int = 1,
+                storage: optuna.storages.BaseStorage | None = None) -> int:
+    """Run trials until the study holds n_trials counted ones and none is left to retry; with
+    `population` > 1, as many trials at a time as fill a population of that many runs."""
     ran = 0
+    runs_per_trial = 1 if objective.sweep.arms else len(objective.sweep.seeds or [None])
     while True:
         with gate:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial -> FAIL + a WAITING retry
             trials = study.get_trials(deepcopy=False)
-            if _start_one(study, objective.sweep, trials, n_trials):
+            if population > 1:
+                batch = _ask(study, objective, n_trials, max(1, population // runs_per_trial))
+            elif _start_one(study, objective.sweep, trials, n_trials):
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                                callbacks=[progress] if progress else None)
                 ran += 1
                 continue
+            else:
+                batch = []
+        if batch:
+            run_batch(study, storage, objective, batch, population, progress)
+            ran += len(batch)
+            continue
         # Nothing to start. Stay while others run: if one of them dies, its retry is ours to run.
         if not any(t.state == TrialState.RUNNING for t in trials):
             return ran
@@ -337,13 +338,29 @@ def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n
         time.sleep(poll_s)
 
 
+def _population_size(spec: WorkerSpec, sweep: SweepConfig, runner: Runner,
+                     pruner: optuna.pruners.BasePruner | None) -> int:
+    """Runs this worker trains at once (`population_size`), logged with the reason."""
+    requested = spec.population if spec.population is not None else sweep.population
+    if not hasattr(runner, "run_population"):
+        if requested not in ("auto", 1):
+            log.info("worker %d: population 1: this runner trains one run at a time", spec.worker)
+        return 1
+    pruning = sweep.pruner if pruner is None else type(pruner).__name__
+    size = choose_size(requested, pruner=pruning, memory=None) if pruning != "none" else \
+        population_size(requested, sweep, sweep.base, spec.workers)
+    log.info("worker %d: population %d: %s", spec.worker, size.k, size.reason)
+    return size.k
+
+
 def run_worker(spec: WorkerSpec, pruner: optuna.pruners.BasePruner | None = None) -> dict[str, Any]:
     """Join the (already created) study and run trials until it has `spec.n_trials`."""
     sweep = load_sweep(spec.sweep_path, list(spec.overrides))
     base = sweep.base
     folder = sweep_dir(base, spec.study_name)
     loc = st.locate(spec.storage, folder)
-    study = optuna.load_study(study_name=spec.study_name, storage=st.open_storage(loc, sweep),
+    storage = st.open_storage(loc, sweep)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage,
                               sampler=make_sampler(sweep, worker_seed(sweep, spec, loc)),
                               pruner=pruner or make_pruner(sweep, base))
     runner = resolve_runner(spec.runner)
@@ -353,10 +370,11 @@ def run_worker(spec: WorkerSpec, pruner: optuna.pruners.BasePruner | None = None
     log.info("worker %d: loaded the frozen model in %.2f s, once; its later runs reuse it", spec.worker, load_s)
     objective = Objective(sweep, base, spec.study_name, runner, parts, load_s,
                           st.open_gate(loc, folder, spec.study_name), spec.worker, run_progress=spec.progress)
+    size = _population_size(spec, sweep, runner, pruner)
     progress = SweepProgress(study, spec.n_trials) if spec.progress else None
     try:
         ran = _run_trials(study, objective, objective.gate, spec.n_trials,
-                          min(5.0, sweep.heartbeat_interval), progress)
+                          min(5.0, sweep.heartbeat_interval), progress, size, storage)
     finally:
         if progress:
             progress.close()
