@@ -299,7 +299,10 @@ def _ask(study: optuna.Study, objective: Objective, n_trials: int, most: int) ->
     gate); each gets its parameters at once, so the next ask sees them (arms, grid, TPE's liars)."""
     batch: list[tuple[optuna.Trial, dict]] = []
     while len(batch) < most and _start_one(study, objective.sweep, study.get_trials(deepcopy=False), n_trials):
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for study.optimize; the batch beats for its trials itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = study.ask()
         batch.append((trial, objective.begin(trial)))
     return batch
 
