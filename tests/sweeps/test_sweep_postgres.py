@@ -189,3 +189,24 @@ def test_compare_reads_a_comparison_from_postgres(tmp_path, experiment, postgres
     done = compare([postgres_url], study_name=study_name, out_dir=tmp_path / "cmp", wandb=False)
     assert [(a["name"], a["n"]) for a in done.result["arms"]] == [("one", 2), ("four", 2)]
     assert done.result["group"] == study_name and (tmp_path / "cmp" / "report.html").is_file()
+
+
+def test_a_population_sweep_on_postgres(tmp_path, experiment, postgres_url, study_name):
+    """TPE asked for 2 trials at a time on PostgreSQL: every trial told, the budget exact, then resumed."""
+    import optuna
+
+    from tiframework.sweeps.launch import run_sweep
+
+    runner = "test_sweep_population:FakePopulationRunner"
+    space = {VPT: categorical(1, 2, 3, 4), "training.learning_rate": {"type": "float", "low": 0.001, "high": 0.1}}
+    sweep = write_sweep(tmp_path, n_trials=3, space=space)
+    summary = run_sweep(sweep, storage=postgres_url, study_name=study_name, population=2, runner=runner,
+                        progress=False)
+    assert summary["states"] == {"COMPLETE": 3}
+    again = run_sweep(sweep, storage=postgres_url, study_name=study_name, n_trials=5, population=2, runner=runner,
+                      progress=False)
+    assert again["states"] == {"COMPLETE": 5}
+    trials = sorted(optuna.load_study(study_name=study_name, storage=rdb(postgres_url)).trials,
+                    key=lambda t: t.number)
+    together = [t.user_attrs.get("population", {}).get("trials") for t in trials]
+    assert together == [[0, 1], [0, 1], None, [3, 4], [3, 4]]  # trial 2 alone, the rest in pairs
