@@ -62,7 +62,7 @@ def measure(spec: dict) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"population {spec['population']} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     log = [line for line in proc.stderr.splitlines() if "population" in line and "worker" in line]
-    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"chosen": log[0].split(": ", 1)[-1] if log else ""}
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"chosen": log[0].split(": population ", 1)[-1] if log else ""}
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r))
         return 0
     print(f"{args.sweep.name}: {trials} trials (2 arms x {args.seeds} seeds) through `tiframework sweep`, "
-          f"evaluation included; population: {r['population']}")
+          f"evaluation included; K = {r['population']}")
     print(f"{'mode':12} {'wall s':>9} {'peak MiB':>9}  states")
     print(f"{'sequential':12} {seq['seconds']:9.2f} {seq['peak_mib']:9.0f}  {seq['states']}")
     print(f"{'population':12} {pop['seconds']:9.2f} {pop['peak_mib']:9.0f}  {pop['states']}")
