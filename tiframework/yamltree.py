@@ -67,3 +67,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = raw
         set_dotted(out, key, value)
     return out
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"training": {"max_steps": 20}}` -> `{"training.max_steps": 20}` (the inverse of `set_dotted`)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

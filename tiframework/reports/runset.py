@@ -22,6 +22,7 @@ import yaml
 
 from tiframework.config import describe_keys
 from tiframework.errors import UserError
+from tiframework.yamltree import flatten
 
 # Settings that do not change what a run measures: where things are written, the replicate's
 # seed, previews (their own generation settings), how often embeddings are saved, resume (a
@@ -29,16 +30,6 @@ from tiframework.errors import UserError
 NOT_RESULT_KEYS = ("logging.", "training.seed", "training.save_every", "data.cache_dir", "data.num_workers",
                    "preview.", "resume", "eval.verdict_after", "eval.verdict_margin", "eval.fried_threshold")
 SKIP_DIRS = {"embeddings", "previews", "eval_images", "wandb", "report", "compare"}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _number(text: str) -> float | None:

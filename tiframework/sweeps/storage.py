@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
 from tiframework.sweeps.schema import OBJECTIVES, SweepConfig
+from tiframework.yamltree import flatten
 
 HEARTBEAT_ATTR = "tif_heartbeat"
 SIGNATURE_ATTR = "tif_sweep"
@@ -155,19 +156,9 @@ def open_storage(loc: StudyLocation, sweep: SweepConfig | None = None, *, create
 # --- one study per sweep, and the same sweep every time -------------------------------------
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def signature(sweep: SweepConfig, base: ExperimentConfig) -> dict[str, Any]:
     """What a study's trials measure: stored on the study, compared when it is reused."""
-    flat = _flatten(base.model_dump(mode="json"))
+    flat = flatten(base.model_dump(mode="json"))
     flat = {k: v for k, v in flat.items() if not k.startswith(_SIGNATURE_SKIP)}
     sig = {"space": {k: p.model_dump(mode="json") for k, p in sweep.space.items()},
            "objective": sweep.objective, "directions": sweep.directions, "seeds": sweep.seeds, "base": flat}
