@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="training seeds")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks" / "plateau_seeds")
     ap.add_argument("--reuse", action="store_true", help="read runs already in --out instead of training again")
+    ap.add_argument("--population", action="store_true",
+                    help="train the seeds as one population (`train_population`: each seed's run as if alone, "
+                    "equal up to float32 rounding; faster, evaluations batched)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted config override for every run (repeatable), e.g. --set eval.every=20")
     args = ap.parse_args(argv)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from tiframework.evaluation.summary import samples_by_step
     from tiframework.sd.models import load_model
     from tiframework.tracking.runfolder import RunFolder
+    from tiframework.training.population import train_population
     from tiframework.training.train import train
 
     base = load_config(args.experiment, args.overrides)
@@ -83,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parts = None if args.reuse else load_model(base.model)
     results = []
     t0 = time.monotonic()
-    for seed in args.seeds:
-        cfg = load_config(args.experiment, [*common, f"training.seed={seed}", f"logging.run_id=seed-{seed}"])
-        run = args.out / (cfg.logging.experiment or "") / f"seed-{seed}"
-        if args.reuse and (run / "summary.json").is_file():
+    cfgs = {seed: load_config(args.experiment, [*common, f"training.seed={seed}", f"logging.run_id=seed-{seed}"])
+            for seed in args.seeds}
+    runs = {seed: args.out / (cfg.logging.experiment or "") / f"seed-{seed}" for seed, cfg in cfgs.items()}
+    todo = [seed for seed in args.seeds if not (args.reuse and (runs[seed] / "summary.json").is_file())]
+    if args.population and todo:
+        parts = parts or load_model(base.model)
+        train_population([cfgs[seed] for seed in todo], parts=parts)
+    for seed, cfg in cfgs.items():
+        run = runs[seed]
+        if seed not in todo or args.population:
             summary = json.loads((run / "summary.json").read_text())
         else:
             parts = parts or load_model(base.model)

@@ -14,6 +14,12 @@ Each mode runs in its own subprocess, so its peak memory is its own; it loads th
 and warms up with a 1-step run of every config in the same mode (neither is timed).
 `max_abs_diff` is the largest |population - sequential| over all members' final vectors.
 
+The ablation also times the shared pass alone (`ceiling`, in a third subprocess): one
+micro-batch's text encoder + UNet forward and backward (`shared_pass.member_losses`, no
+optimizer, data loading, Lightning or callbacks) for each member alone and for all members
+at once, `--ceiling-ticks` times each. Their ratio is the most that batching members can
+buy on this machine; the population's speed-up is measured against it.
+
 Scaling (`--scaling`): one arm, K members (seeds 0..K-1) on generated `--size` images, for
 each K in `--ks`: speed-up = K x (time of one `train` run) / (time of the K population),
 and each one's peak memory (CUDA allocator peak on a GPU, peak RSS on a CPU).
@@ -55,6 +61,8 @@ def child(spec_file: Path) -> None:
 
     spec = json.loads(spec_file.read_text())
     out, mode = Path(spec["out"]), spec["mode"]
+    if mode == "ceiling":
+        return ceiling_child(spec)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     cfgs = run_configs(spec, spec["steps"], out / mode, "timed")
@@ -82,6 +90,54 @@ def child(spec_file: Path) -> None:
                       "device": "cuda" if cuda else "cpu"}))
 
 
+def ceiling_child(spec: dict) -> None:
+    """Time the shared pass alone: each member's micro-batch by itself, then all of them at once."""
+    import torch
+
+    from tiframework.data.dataset import scan_folder
+    from tiframework.data.latents import encode_latents
+    from tiframework.data.sources import resolve_data_path
+    from tiframework.sd.models import load_model
+    from tiframework.training.schedules import parse_schedule, total_steps
+    from tiframework.training.shared_pass import MemberBatch, member_losses
+    from tiframework.training.train import run_runtime, stream_loader
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    cfgs = run_configs(spec, spec["steps"], Path(spec["out"]) / "ceiling", "ceiling")
+    parts = load_model(cfgs[0].model)
+    runtime = run_runtime(cfgs[0], parts)
+    parts.prepare(runtime)
+    device = runtime.device
+    scheduler = parts.noise_scheduler()
+    batches = []
+    for cfg in cfgs:
+        items, _ = scan_folder(resolve_data_path(cfg.data.path, "data.path"), cfg.data.max_side,
+                               cfg.data.bucket_step or parts.bucket_step)
+        latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=False)
+        first = next(iter(stream_loader(cfg, latents, 0, total_steps(parse_schedule(cfg.training.learning_rate),
+                                                                      cfg.training.max_steps))))
+        width = parts.text_encoder.get_input_embeddings().weight.shape[1]
+        vectors = torch.nn.Parameter(torch.randn(cfg.embedding.vectors_per_token, width, device=device) * 0.01)
+        batches.append(MemberBatch.from_collated(first, cfg.embedding.name, vectors, cfg.model.clip_skip))
+
+    def tick_s(group: list[MemberBatch]) -> float:
+        def once() -> None:
+            sum(member_losses(parts, scheduler, group, device)).backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        once()  # warm-up
+        start = time.perf_counter()
+        for _ in range(spec["ceiling_ticks"]):
+            once()
+        return (time.perf_counter() - start) / spec["ceiling_ticks"]
+
+    alone = sum(tick_s([b]) for b in batches)
+    together = tick_s(batches)
+    print(json.dumps({"alone_s": alone, "together_s": together, "samples": sum(b.size for b in batches)}))
+
+
 def measure(spec: dict, mode: str, out: Path) -> dict:
     spec = {**spec, "mode": mode, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)
@@ -106,14 +162,17 @@ def ablation(args, common: list[str]) -> dict:
             "max_samples": args.max_samples, "threads": args.threads}
     seq = measure(spec, "sequential", args.out)
     pop = measure(spec, "population", args.out)
-    for name, r in (("sequential", seq), ("population", pop)):
+    ceiling = measure({**spec, "ceiling_ticks": args.ceiling_ticks}, "ceiling", args.out)
+    for name, r in (("sequential", seq), ("population", pop), ("ceiling", ceiling)):
         if "error" in r:
             raise SystemExit(f"{name} failed: {r['error']}")
     return {"sequential_s": seq["seconds"], "population_s": pop["seconds"],
             "speedup": seq["seconds"] / pop["seconds"], "max_abs_diff": max_abs_diff(seq["vectors"], pop["vectors"]),
             "peak_mib": pop["peak_mib"], "sequential_peak_mib": seq["peak_mib"],
             "sequential_cpu_s": seq["cpu_s"], "population_cpu_s": pop["cpu_s"], "members": len(runs),
-            "steps": args.steps, "device": pop["device"], "timed": "training steps only (no previews, no evaluation)"}
+            "steps": args.steps, "device": pop["device"], "timed": "training steps only (no previews, no evaluation)",
+            "shared_pass_alone_ms": 1000 * ceiling["alone_s"], "shared_pass_together_ms": 1000 * ceiling["together_s"],
+            "ceiling": ceiling["alone_s"] / ceiling["together_s"]}
 
 
 def make_images(folder: Path, side: int, n: int = 8) -> Path:
@@ -159,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                     "1 with --scaling)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides for every run")
     ap.add_argument("--max-samples", type=int, help="most samples per shared forward/backward pass")
+    ap.add_argument("--ceiling-ticks", type=int, default=10,
+                    help="micro-batches timed for the shared pass alone (each member alone, all together)")
     ap.add_argument("--threads", type=int, help="torch CPU threads in both modes (default: torch's)")
     ap.add_argument("--scaling", action="store_true", help="speed-up and memory at each K in --ks instead")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -193,6 +254,10 @@ def print_ablation(r: dict, args) -> None:
     print(f"{'speed-up':12} {r['speedup']:8.2f}x {r['sequential_cpu_s'] / r['population_cpu_s']:8.2f}x   "
           "(sequential / population)")
     print(f"max |vectors(population) - vectors(sequential)| over all members: {r['max_abs_diff']:.3g}")
+    print(f"shared pass alone (text encoder + UNet forward and backward of one micro-batch per member): "
+          f"{r['shared_pass_alone_ms']:.0f} ms one member at a time, {r['shared_pass_together_ms']:.0f} ms all at once "
+          f"= {r['ceiling']:.2f}x, the most batching can buy here; the population got "
+          f"{r['speedup'] / r['ceiling']:.0%} of it")
 
 
 def print_scaling(r: dict) -> None:

@@ -202,6 +202,18 @@ def test_selection_seeds_are_derived_disjoint_or_checked():
         load_config(None, ["eval.selection_seeds=[1, 5]"])
 
 
+def test_eval_seeds_can_follow_the_training_seed():
+    on = ["eval.seeds=[0, 1, 2]", "eval.seeds_follow_training_seed=true"]
+    e = load_config(None, on).eval
+    assert e.for_training_seed(0).seeds == [0, 1, 2] and e.for_training_seed(0).selection() == [3, 4, 5]
+    shifted = e.for_training_seed(7)
+    assert shifted.seeds == [7000, 7001, 7002] and shifted.selection() == [7003, 7004, 7005]
+    explicit = load_config(None, [*on, "eval.selection_seeds=[50]"]).eval.for_training_seed(2)
+    assert explicit.seeds == [2000, 2001, 2002] and explicit.selection() == [2050]
+    off = load_config(None, ["eval.seeds=[0, 1, 2]"]).eval
+    assert off.for_training_seed(7).seeds == [0, 1, 2] and off.for_training_seed(7).selection() == [3, 4, 5]
+
+
 def test_plateau_and_trait_settings_are_checked():
     with pytest.raises(UserError, match="plateau_smoothing must be odd"):
         load_config(None, ["eval.plateau_smoothing=2"])

@@ -162,6 +162,10 @@ class PreviewConfig(GenerationConfig):
 
 # Keys of older configs (and older run folders' config.yaml): ignored with a warning, so those runs
 # can still be re-scored. key -> what replaced it.
+# With eval.seeds_follow_training_seed, training seed s is scored on eval.seeds + s x this
+# (disjoint image sets while the seed lists span fewer than this many numbers).
+EVAL_SEED_STRIDE = 1000
+
 RETIRED_EVAL_KEYS = {"plateau_window": "eval.plateau_patience / eval.plateau_smoothing (in evaluations)",
                      "plateau_epsilon": "eval.plateau_z (gains are judged against the measured eval noise)"}
 
@@ -196,6 +200,10 @@ class EvalConfig(GenerationConfig):
     selection_seeds: list[int] | None = Field(None, min_length=1, description="seeds that choose the best checkpoint "
                                               "(select/clip_fidelity; fidelity prompts only), disjoint from `seeds`; "
                                               "default: as many as `seeds`, numbered after the largest of them")
+    seeds_follow_training_seed: bool = Field(
+        False, description=f"score each training seed on its own images: eval.seeds and the selection seeds "
+        f"shifted by {EVAL_SEED_STRIDE} x training.seed, so a comparison over seeds also averages over eval "
+        "images (runs with the same training seed share theirs, so arms still pair)")
     verdict_after: int = Field(500, ge=0, description="warn 'not learning' if fidelity is still at baseline here")
     verdict_margin: float = Field(0.01, ge=0, description="fidelity gain over step 0 that counts as learning")
     fried_threshold: float = Field(2.0, gt=0, description="warn when previews' fried score passes this")
@@ -239,6 +247,15 @@ class EvalConfig(GenerationConfig):
         if self.tagger is None and (self.traits is not None or self.trait_leak):
             raise ValueError("eval.traits / eval.trait_leak need eval.tagger (a WD1.4 model.onnx, or 'toyworld')")
         return self
+
+    def for_training_seed(self, seed: int) -> EvalConfig:
+        """This section with the seeds a run of training seed `seed` is scored on (unchanged
+        unless `seeds_follow_training_seed`)."""
+        if not self.seeds_follow_training_seed:
+            return self
+        shift = EVAL_SEED_STRIDE * seed
+        return self.model_copy(update={"seeds": [s + shift for s in self.seeds],
+                                       "selection_seeds": [s + shift for s in self.selection()]})
 
     def selection(self) -> list[int]:
         """The selection seeds: as given, or as many as `seeds`, numbered after the largest."""

@@ -66,3 +66,18 @@ def test_scoring_together_equals_scoring_alone(tmp_path, tiny_parts, max_images)
     (first, _), (_, other) = jobs[0], jobs[2]
     first.score(other[:2], 4)
     assert np.abs(pixels(first.last_images) - pixels(alone[0][1])).max() > 10
+
+
+def test_a_run_is_scored_on_the_seeds_its_training_seed_picks(tmp_path, tiny_parts):
+    """With eval.seeds_follow_training_seed every image request, per-image row and selection
+    image uses the run's shifted seeds; without it, the listed ones."""
+    ref = make_dataset(tmp_path / "ref", n=2, caption=None)
+    common = [f"eval.reference={ref}", "eval.every=1", "eval.seeds=[0, 1]", "eval.flexibility_prompts=[]",
+              "training.seed=3"]
+    vectors = torch.zeros(2, tiny_parts.width)
+    follow = make_evaluator(config(tmp_path, *common, "eval.seeds_follow_training_seed=true"), tiny_parts)
+    assert [r.seeds for r in follow.requests(vectors)] == [[3000, 3001], [3002, 3003]]
+    follow.score(vectors, 0)
+    assert [r["seed"] for r in follow.last_per_image] == [3000, 3001]
+    fixed = make_evaluator(config(tmp_path, *common), tiny_parts)
+    assert [r.seeds for r in fixed.requests(vectors)] == [[0, 1], [2, 3]]

@@ -42,13 +42,14 @@ ATTRIBUTE_ACCURACY = "eval/attribute_accuracy"
 
 
 def resolved_eval(cfg: ExperimentConfig, reference: str | None = None) -> EvalConfig:
-    """The eval section with `reference` (or `eval.reference`) resolved to a folder and
-    `clip_pretrained: toyworld` to the toy CLIP's weights file."""
+    """The eval section with `reference` (or `eval.reference`) resolved to a folder,
+    `clip_pretrained: toyworld` to the toy CLIP's weights file, and the seeds this run's
+    training seed is scored on (`eval.seeds_follow_training_seed`)."""
     update: dict[str, Any] = {"clip_pretrained": toy_clip.resolve_weights(cfg.eval.clip_pretrained)}
     ref = reference or cfg.eval.reference
     if ref is not None:
         update["reference"] = str(resolve_data_path(ref, "eval.reference"))
-    return cfg.eval.model_copy(update=update)
+    return cfg.eval.for_training_seed(cfg.training.seed).model_copy(update=update)
 
 
 class Evaluator:
