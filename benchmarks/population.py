@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", type=Path, default=REPO / "experiments" / "quickstart.yaml")
     ap.add_argument("--arms", nargs="+", default=ARMS, help="one override per arm (default: VPT 2 and VPT 16)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="training seeds per arm")
-    ap.add_argument("--steps", type=int, default=120, help="optimizer steps per run (the quickstart's 120)")
+    ap.add_argument("--steps", type=int, default=120, help="optimizer steps per run (default 120: the comparison sweeps' budget)")
     ap.add_argument("--batch-size", type=int, help="override training.batch_size (default: the experiment's; "
                     "1 with --scaling)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides for every run")
