@@ -141,7 +141,7 @@ def test_compare_cli_writes_json_markdown_and_html(tmp_path, capsys):
     assert md.index("## Verdicts") < md.index("## Arms") and "| CLIP fidelity | at the last evaluation |" in md
     html = (out / "report.html").read_text()
     assert html.count('class="plot"') == int(html.split('data-plot-count="')[1].split('"')[0]) == 4 + 4 + 1
-    assert html.count('<img src="data:image/png;base64,') == 10 * 4  # 10 runs x 4 eval steps
+    assert html.count('<img src="data:image/jpeg;base64,') == 10 * 4  # 10 runs x 4 eval steps
     assert "<script src=" not in html and "cdn.plot.ly" not in html.split("<body")[1]  # nothing to fetch
 
 

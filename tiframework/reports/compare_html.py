@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tiframework.reports import compare_text as text
-from tiframework.reports.html import Plot, color, plot, png_data_uri, render, slug
+from tiframework.reports.html import Plot, color, jpeg_data_uri, plot, render, slug
 
 EVAL_IMAGES = "eval_images"
 _IMAGE_STEP = re.compile(r"^step-(\d+)\.png$")
@@ -116,7 +116,7 @@ def image_grids(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         if not steps:
             continue
         seeds = dict(zip(arm["runs"], arm["seeds"], strict=True))
-        rows = [{"seed": seeds[run], "cells": [png_data_uri(found[s]) if s in found else None for s in steps]}
+        rows = [{"seed": seeds[run], "cells": [jpeg_data_uri(found[s]) if s in found else None for s in steps]}
                 for run, found in images.items()]
         grids.append({"arm": arm["name"], "steps": steps, "rows": rows})
     total = sum(len(a["runs"]) for a in result["arms"])
