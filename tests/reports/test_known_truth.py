@@ -79,6 +79,19 @@ def compare(targets: list[Path], by: str, out: Path) -> dict:
     return json.loads((out / "comparison.json").read_text())
 
 
+def assert_better_at_the_end(result: dict, better: str, worse: str, seeds: int) -> None:
+    """Both arms with all their seeds, paired; `better` ahead in attribute accuracy at the last
+    evaluation, with the right sign and significant after Holm."""
+    names = {a["name"]: a for a in result["arms"]}
+    assert names[better]["n"] == names[worse]["n"] == seeds
+    final = next(p for p in result["pairs"] if p["metric"] == ACC and p["summary"] == "final")
+    assert final["test"] == "paired t"
+    sign = 1 if final["a"] == better else -1
+    assert sign * final["diff"] > 0, final
+    assert final["p_adjusted"] < 0.05, final
+    assert final["verdict"] == f"{better} better"
+
+
 @pytest.mark.slow
 @needs_toy_weights
 def test_two_arms_with_the_same_settings_show_no_detectable_difference(kiri_runs, tmp_path):
@@ -113,15 +126,7 @@ def test_a_known_difference_is_detected_with_its_sign(kiri_runs, tmp_path):
     or corrected too much; or if 40 steps at lr 0.02 stopped lifting kiri's traits well above
     what lr 0.001 leaves near the init text (measured: see the assertion's message)."""
     result = compare([kiri_runs], "training.learning_rate", tmp_path / "cmp")
-    names = {a["name"]: a for a in result["arms"]}
-    fast, slow = f"learning_rate={FAST}", f"learning_rate={SLOW}"
-    assert names[fast]["n"] == names[slow]["n"] == 6
-    final = next(p for p in result["pairs"] if p["metric"] == ACC and p["summary"] == "final")
-    assert final["test"] == "paired t"
-    sign = 1 if final["a"] == fast else -1
-    assert sign * final["diff"] > 0, final
-    assert final["p_adjusted"] < 0.05, final
-    assert final["verdict"] == f"{fast} better"
+    assert_better_at_the_end(result, f"learning_rate={FAST}", f"learning_rate={SLOW}", 6)
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +155,4 @@ def test_pruned_captions_make_the_traits_appear_unprompted(pruning_runs, tmp_pat
     effect's lower estimate; the numbers are fixed by the seeds, so a failure would repeat on
     the same software and should be looked at, not re-rolled)."""
     result = compare([pruning_runs], "data.path", tmp_path / "cmp")
-    names = {a["name"]: a for a in result["arms"]}
-    pruned, unpruned = f"path={PRUNED}", f"path={UNPRUNED}"
-    assert names[pruned]["n"] == names[unpruned]["n"] == 16
-    final = next(p for p in result["pairs"] if p["metric"] == ACC and p["summary"] == "final")
-    assert final["test"] == "paired t"
-    sign = 1 if final["a"] == pruned else -1
-    assert sign * final["diff"] > 0, final
-    assert final["p_adjusted"] < 0.05, final
-    assert final["verdict"] == f"{pruned} better"
+    assert_better_at_the_end(result, f"path={PRUNED}", f"path={UNPRUNED}", 16)
