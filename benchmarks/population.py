@@ -98,7 +98,7 @@ def ceiling_child(spec: dict) -> None:
     from tiframework.data.latents import encode_latents
     from tiframework.data.sources import resolve_data_path
     from tiframework.sd.models import load_model
-    from tiframework.training.schedules import parse_schedule, total_steps
+    from tiframework.training.schedules import training_steps
     from tiframework.training.shared_pass import MemberBatch, member_losses
     from tiframework.training.train import run_runtime, stream_loader
 
@@ -115,8 +115,7 @@ def ceiling_child(spec: dict) -> None:
         items, _ = scan_folder(resolve_data_path(cfg.data.path, "data.path"), cfg.data.max_side,
                                cfg.data.bucket_step or parts.bucket_step)
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=False)
-        first = next(iter(stream_loader(cfg, latents, 0, total_steps(parse_schedule(cfg.training.learning_rate),
-                                                                      cfg.training.max_steps))))
+        first = next(iter(stream_loader(cfg, latents, 0, training_steps(cfg.training))))
         width = parts.text_encoder.get_input_embeddings().weight.shape[1]
         vectors = torch.nn.Parameter(torch.randn(cfg.embedding.vectors_per_token, width, device=device) * 0.01)
         batches.append(MemberBatch.from_collated(first, cfg.embedding.name, vectors, cfg.model.clip_skip))

@@ -1,13 +1,16 @@
 import pytest
 
+from tiframework.config import TrainingConfig
 from tiframework.errors import UserError
 from tiframework.training.schedules import (
     Segment,
     a1111_extra_step,
     cosine_restarts_rate,
+    learning_rate,
     parse_schedule,
     rate_at,
     total_steps,
+    training_steps,
 )
 
 GUIDE = "0.0005:5000, 0.0001:10000"
@@ -108,3 +111,11 @@ def test_the_documented_difference():
     assert a1111_extra_step(parse_schedule("0.005:10, 0.001"), 10) == 0.001
     assert a1111_extra_step(parse_schedule("0.005:10, 0.001"), 11) is None
     assert a1111_extra_step(parse_schedule("0.005:10"), 10) is None
+
+
+def test_learning_rate_is_one_rule_for_both_schedulers():
+    a1111 = TrainingConfig(learning_rate=GUIDE, max_steps=7500)
+    assert [learning_rate(a1111, s) for s in (0, 4999, 5000)] == [0.0005, 0.0005, 0.0001]
+    assert training_steps(a1111) == 7500
+    cosine = TrainingConfig(learning_rate="0.01", lr_scheduler="cosine_restarts", cosine_cycle_steps=10)
+    assert learning_rate(cosine, 5) == pytest.approx(cosine_restarts_rate(0.01, 5, 10))

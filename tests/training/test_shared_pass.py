@@ -1,4 +1,4 @@
-"""The shared forward pass: grouping, partitions, noise, and each member's loss as if alone."""
+"""The shared forward pass: grouping, partitions, and each member's loss as if alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from tiframework.training.shared_pass import (
     encode_conditioning,
     group_indices,
     member_losses,
-    noise_and_timesteps,
     partition,
 )
 
@@ -29,14 +28,6 @@ def test_partition_bounds_samples_per_pass_and_never_splits_a_member():
     assert partition([2, 1, 3, 1], 3) == [[0, 1], [2], [3]]
     assert partition([5, 1], 2) == [[0], [1]]  # too big for a pass: alone, not split
     assert partition([], 4) == []
-
-
-def test_noise_is_a_function_of_each_sample_seed():
-    noise, steps = noise_and_timesteps([7, 8], (4, 2, 2), 1000)
-    again, again_steps = noise_and_timesteps([8], (4, 2, 2), 1000)
-    assert noise.shape == (2, 4, 2, 2) and steps.shape == (2,)
-    assert torch.equal(noise[1:], again) and torch.equal(steps[1:], again_steps)
-    assert not torch.equal(noise[0], noise[1])
 
 
 def batch(parts, prompts: list[str], seed: int, side: int = 4) -> dict:

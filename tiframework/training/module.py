@@ -11,14 +11,14 @@ import logging
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from tiframework.config import ExperimentConfig
 from tiframework.evaluation.diagnostics import NonFiniteLoss, check_loss
 from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
-from tiframework.training.schedules import cosine_restarts_rate, parse_schedule, rate_at
+from tiframework.training.loss import diffusion_loss, noised
+from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ class TextualInversionModule(pl.LightningModule):
         self.vectors = torch.nn.Parameter(init_vectors.detach().clone().float())  # (VPT, width)
         self.start_step = start_step
         self.optimizer_state = optimizer_state
-        self.schedule = parse_schedule(cfg.training.learning_rate)
         self.noise_scheduler = parts.noise_scheduler()
         self.nonfinite_step: int | None = None
         self.last_loss = float("nan")
@@ -53,10 +52,7 @@ class TextualInversionModule(pl.LightningModule):
         return self.start_step + self.global_step
 
     def lr_at(self, step: int) -> float:
-        t = self.cfg.training
-        if t.lr_scheduler == "cosine_restarts":
-            return cosine_restarts_rate(self.schedule[0].rate, step, t.cosine_cycle_steps, t.cosine_cycle_mult)
-        return rate_at(self.schedule, step)
+        return learning_rate(self.cfg.training, step)
 
     def configure_optimizers(self):
         t = self.cfg.training
@@ -73,24 +69,14 @@ class TextualInversionModule(pl.LightningModule):
     # --- the loss -------------------------------------------------------------------------
 
     def noise_loss(self, batch: dict) -> torch.Tensor:
+        """The micro-batch's loss (`training.loss`), noise and timesteps from each sample's seed."""
         latents = batch["latents"].to(self.device)  # (B, 4, h, w)
         unet_dtype = next(self.parts.unet.parameters()).dtype
-        # Noise and timesteps come from each sample's seed, so resumed runs replay them.
-        gens = [torch.Generator().manual_seed(int(s) + 1) for s in batch["seeds"]]
-        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(self.device)
-        steps = torch.tensor(
-            [int(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=g)) for g in gens],
-            device=self.device,
-        )
-        noisy = self.noise_scheduler.add_noise(latents, noise, steps)
+        target = noised(self.noise_scheduler, latents, batch["seeds"], self.parts.prediction_type)
         cond = encode_prompts(self.parts, batch["prompts"], self.cfg.model.clip_skip,
                               self.cfg.embedding.name, self.vectors)  # (B, 77*chunks, width)
-        pred = self.run_unet(noisy.to(unet_dtype), steps, cond.to(unet_dtype)).sample
-        if self.parts.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, steps)
-        else:
-            target = noise
-        return F.mse_loss(pred.float(), target.float())
+        pred = self.run_unet(target.noisy.to(unet_dtype), target.timesteps, cond.to(unet_dtype)).sample
+        return diffusion_loss(pred, target)
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self.noise_loss(batch)

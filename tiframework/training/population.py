@@ -52,7 +52,7 @@ from tiframework.training.population_outputs import (
     PopulationProgress,
 )
 from tiframework.training.run_eval import RunEvaluation
-from tiframework.training.schedules import parse_schedule, total_steps
+from tiframework.training.schedules import training_steps
 from tiframework.training.train import (
     Start,
     continued_folder,
@@ -121,7 +121,7 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         if not cfg.data.path:
             raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
         read_templates(cfg.data)
-        total = total_steps(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
+        total = training_steps(cfg.training)
         data_dir = resolve_data_path(cfg.data.path, "data.path")
         items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
         start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})

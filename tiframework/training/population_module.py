@@ -42,7 +42,7 @@ from tiframework.evaluation.diagnostics import (
 )
 from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
-from tiframework.training.schedules import Segment, cosine_restarts_rate, parse_schedule, rate_at
+from tiframework.training.schedules import learning_rate
 from tiframework.training.shared_pass import MemberBatch, member_losses, partition
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,6 @@ def amp_for(precision: str, accelerator: str, bf16_supported: bool) -> Amp:
     return Amp("cuda", torch.float16, scaled=True)
 
 
-def learning_rate(cfg: ExperimentConfig, schedule: list[Segment], step: int) -> float:
-    """The rate for the optimizer step after `step` completed steps (A1111 schedule or cosine restarts)."""
-    t = cfg.training
-    if t.lr_scheduler == "cosine_restarts":
-        return cosine_restarts_rate(schedule[0].rate, step, t.cosine_cycle_steps, t.cosine_cycle_mult)
-    return rate_at(schedule, step)
-
-
 @dataclass(eq=False)
 class Member:
     """One embedding of a population: what is its own (config, vectors, data stream,
@@ -108,11 +100,7 @@ class Member:
     optimizer: torch.optim.Optimizer | None = None
     scaler: torch.amp.GradScaler | None = None
     summary: dict[str, Any] | None = None  # filled when its outputs are final
-    schedule: list[Segment] = field(init=False, repr=False)
     _batches: Iterator[dict] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.schedule = parse_schedule(self.cfg.training.learning_rate)
 
     @property
     def name(self) -> str:
@@ -134,7 +122,7 @@ class Member:
         self.stopped = self.stopped or reason
 
     def lr_at(self, step: int) -> float:
-        return learning_rate(self.cfg, self.schedule, step)
+        return learning_rate(self.cfg.training, step)
 
     def vector_norms(self) -> list[float]:
         return vector_norms(self.vectors)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
+from tiframework.config import TrainingConfig
 from tiframework.errors import UserError
 
 
@@ -87,3 +89,22 @@ def cosine_restarts_rate(base: float, step: int, cycle: int, mult: int = 1, min_
         t -= length
         length *= mult
     return min_rate + (base - min_rate) * (1 + math.cos(math.pi * t / length)) / 2
+
+
+@lru_cache(maxsize=64)
+def _segments(text: str) -> tuple[Segment, ...]:
+    return tuple(parse_schedule(text))
+
+
+def learning_rate(training: TrainingConfig, step: int) -> float:
+    """The rate for the optimizer step after `step` completed steps: the one rule solo and
+    population training share (`training.lr_scheduler`: A1111's schedule or cosine restarts)."""
+    segments = _segments(str(training.learning_rate))
+    if training.lr_scheduler == "cosine_restarts":
+        return cosine_restarts_rate(segments[0].rate, step, training.cosine_cycle_steps, training.cosine_cycle_mult)
+    return rate_at(list(segments), step)
+
+
+def training_steps(training: TrainingConfig) -> int:
+    """Optimizer steps a run of `training` trains from step 0: max_steps, or fewer if its schedule ends first."""
+    return total_steps(list(_segments(str(training.learning_rate))), training.max_steps)

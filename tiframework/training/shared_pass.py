@@ -10,7 +10,7 @@ makes a member's loss equal to its loss when training alone:
 - the text encoder runs once over all members' 77-token chunks: every chunk is encoded
   independently, and each member's placeholder ids point at its own rows of the
   concatenated vectors, so its gradient reaches only its vectors;
-- noise and timesteps come from each sample's own seed, as in `TextualInversionModule`;
+- noise, timesteps, target and loss are `training.loss`'s, as in `TextualInversionModule`;
 - the UNet runs once per group of members with the same latent shape and conditioning
   length (nothing in it mixes samples: GroupNorm and attention are per sample);
 - its loss is the mean over its own samples only, so the normalisation is its own.
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_ids, tokenize
+from tiframework.training.loss import diffusion_loss, noised
 
 K = TypeVar("K", bound=Hashable)
 
@@ -87,15 +87,6 @@ def partition(sizes: Sequence[int], max_samples: int | None) -> list[list[int]]:
     return passes
 
 
-def noise_and_timesteps(seeds: Sequence[int], shape: torch.Size | tuple[int, ...],
-                        num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's noise `(B, *shape)` and timestep `(B,)` from its own seed (resumes replay them)."""
-    gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
-    noise = torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
-    steps = torch.tensor([int(torch.randint(0, num_timesteps, (1,), generator=g)) for g in gens])
-    return noise, steps
-
-
 def encode_conditioning(parts: SDParts, batches: Sequence[MemberBatch]) -> list[torch.Tensor]:
     """Each member's `(B, chunks*77, width)` conditioning, the text encoder run once per clip skip."""
     vocab = parts.vocab_size
@@ -124,20 +115,13 @@ def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch]
     unet = unet or parts.unet
     conds = encode_conditioning(parts, batches)
     unet_dtype = next(parts.unet.parameters()).dtype
-    noisy, steps, targets = [], [], []
-    for b in batches:
-        latents = b.latents.to(device)  # (B, 4, h, w)
-        noise, t = noise_and_timesteps(b.seeds, latents.shape[1:], scheduler.config.num_train_timesteps)
-        noise, t = noise.to(device), t.to(device)
-        noisy.append(scheduler.add_noise(latents, noise, t))
-        steps.append(t)
-        targets.append(scheduler.get_velocity(latents, noise, t) if parts.prediction_type == "v_prediction"
-                       else noise)
+    targets = [noised(scheduler, b.latents.to(device), b.seeds, parts.prediction_type) for b in batches]
     losses: list[torch.Tensor | None] = [None] * len(batches)
-    keys = [(tuple(x.shape[1:]), c.shape[1]) for x, c in zip(noisy, conds, strict=True)]
+    keys = [(tuple(x.noisy.shape[1:]), c.shape[1]) for x, c in zip(targets, conds, strict=True)]
     for members in group_indices(keys).values():
-        pred = unet(torch.cat([noisy[i] for i in members]).to(unet_dtype), torch.cat([steps[i] for i in members]),
-                          torch.cat([conds[i] for i in members]).to(unet_dtype)).sample
+        pred = unet(torch.cat([targets[i].noisy for i in members]).to(unet_dtype),
+                    torch.cat([targets[i].timesteps for i in members]),
+                    torch.cat([conds[i] for i in members]).to(unet_dtype)).sample
         for i, p in zip(members, pred.split([batches[i].size for i in members]), strict=True):
-            losses[i] = F.mse_loss(p.float(), targets[i].float())
+            losses[i] = diffusion_loss(p, targets[i])
     return [loss for loss in losses if loss is not None]

@@ -43,7 +43,7 @@ from tiframework.training import callbacks as cb
 from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import rebuild_strips
 from tiframework.training.run_eval import RunEvaluation
-from tiframework.training.schedules import a1111_extra_step, parse_schedule, total_steps
+from tiframework.training.schedules import a1111_extra_step, parse_schedule, training_steps
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
     read_templates(cfg.data)  # bad templates fail before the model loads
     check_name_text(cfg.embedding.name, "embedding.name")  # so does a bad name (the vocabulary check needs it)
-    schedule = parse_schedule(cfg.training.learning_rate)
-    total = total_steps(schedule, cfg.training.max_steps)
-    extra = a1111_extra_step(schedule, cfg.training.max_steps) if cfg.training.lr_scheduler == "a1111" else None
+    total = training_steps(cfg.training)
+    extra = (a1111_extra_step(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
+             if cfg.training.lr_scheduler == "a1111" else None)
     if extra is not None:
         log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
                  "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
