@@ -9,7 +9,7 @@ Variants (config overrides of the same run):
   default-no-ckpt  the default without gradient checkpointing
 
 The step is `TextualInversionModule.training_step` under Lightning's autocast, the backward
-pass and the AdamW step (see `tiframework.training.memory`). Without CUDA the peak is
+pass and the AdamW step (see `tiframework.sizing.memory`). Without CUDA the peak is
 estimated on fake tensors with torch's MemTracker (method `estimated`), CUDA autocast
 emulated and checked against CUDA autocast op for op; with CUDA it is also measured
 (`torch.cuda.max_memory_allocated`, method `measured-cuda`) and the estimate printed beside it.
@@ -26,8 +26,8 @@ import torch
 
 from tiframework.config import ExperimentConfig, load_config
 from tiframework.sd.models import load_model
-from tiframework.training.fakestep import autocast_mismatches
-from tiframework.training.memory import estimate_step_memory, measure_step_memory
+from tiframework.sizing.fakestep import autocast_mismatches
+from tiframework.sizing.memory import estimate_step_memory, measure_step_memory
 
 VARIANTS = {
     "fp32": ["model.dtype=float32", "training.gradient_checkpointing=false", "training.offload_vae=false"],

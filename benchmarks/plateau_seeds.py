@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from tiframework.evaluation.summary import samples_by_step
     from tiframework.sd.models import load_model
     from tiframework.tracking.runfolder import RunFolder
-    from tiframework.training.population import train_population
+    from tiframework.training.population.train import train_population
     from tiframework.training.train import train
 
     base = load_config(args.experiment, args.overrides)

@@ -15,7 +15,7 @@ and warms up with a 1-step run of every config in the same mode (neither is time
 `max_abs_diff` is the largest |population - sequential| over all members' final vectors.
 
 The ablation also times the shared pass alone (`ceiling`, in a third subprocess): one
-micro-batch's text encoder + UNet forward and backward (`shared_pass.member_losses`, no
+micro-batch's text encoder + UNet forward and backward (`training.population.shared_pass.member_losses`, no
 optimizer, data loading, Lightning or callbacks) for each member alone and for all members
 at once, `--ceiling-ticks` times each. Their ratio is the most that batching members can
 buy on this machine; the population's speed-up is measured against it.
@@ -56,7 +56,7 @@ def child(spec_file: Path) -> None:
 
     from tiframework.sd.embeddings import load_embedding
     from tiframework.sd.models import load_model
-    from tiframework.training.population import train_population
+    from tiframework.training.population.train import train_population
     from tiframework.training.train import train
 
     spec = json.loads(spec_file.read_text())
@@ -98,8 +98,8 @@ def ceiling_child(spec: dict) -> None:
     from tiframework.data.latents import encode_latents
     from tiframework.data.sources import resolve_data_path
     from tiframework.sd.models import load_model
+    from tiframework.training.population.shared_pass import MemberBatch, member_losses
     from tiframework.training.schedules import training_steps
-    from tiframework.training.shared_pass import MemberBatch, member_losses
     from tiframework.training.train import run_runtime, stream_loader
 
     if spec.get("threads"):

@@ -38,7 +38,7 @@ def fmt_interval(iv: dict[str, Any] | None) -> str:
 def tables(rows: dict[str, list[dict]], groups: list[str]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
     """Per trait group: each arm's mean with its 95% t-interval over seeds, and pruned − unpruned
     tested (paired by seed when the arms' seeds match, else Welch), Holm over the groups."""
-    from tiframework.reports.pairs import conclude, pair_row, paired_or_welch
+    from tiframework.reports.compare.pairs import conclude, pair_row, paired_or_welch
     from tiframework.reports.stats import mean_interval
 
     arms = {arm: {g: [(r["seed"], r[g]) for r in runs] for g in groups} for arm, runs in rows.items()}

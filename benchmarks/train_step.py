@@ -41,7 +41,7 @@ from tiframework.config import ExperimentConfig, load_config
 from tiframework.data.latents import load_pixels
 from tiframework.sd.models import load_model
 from tiframework.sd.text import tokenize
-from tiframework.training.fakestep import step_flops
+from tiframework.sizing.fakestep import step_flops
 from tiframework.training.train import train
 
 NATIVE = {"tiny": 32, "toyworld": 64, "sd15-random": 512}

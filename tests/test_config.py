@@ -6,7 +6,6 @@ CI rather than a user's overnight sweep.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from tiframework.config import (
     with_overrides,
 )
 from tiframework.errors import UserError
+from tiframework.sweeps.schema import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml")) + sorted((ROOT / "experiments").rglob("*.yml"))
@@ -43,21 +43,9 @@ def test_shipped_experiment_loads(path):
     assert cfg.logging.experiment  # named after the file unless it says otherwise
 
 
-def _sweep_loader():
-    # The sweep module is written by another engineer; this test activates by itself
-    # once `tiframework.sweeps.schema.load_sweep(path)` exists, and skips until then.
-    try:
-        module = importlib.import_module("tiframework.sweeps.schema")
-    except ImportError:
-        return None
-    return getattr(module, "load_sweep", None)
-
-
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_sweep_loads(path):
-    load_sweep = _sweep_loader()
-    if load_sweep is None:
-        pytest.skip("tiframework.sweeps.schema.load_sweep does not exist yet")
+    # A renamed or missing loader fails here (an ImportError), never skips.
     assert load_sweep(path) is not None
 
 

@@ -3,6 +3,7 @@ and the README's tree names exactly the subpackages that exist."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tiframework"
-MAX_LINES = 400  # STYLE.md: past ~400 lines a module is a sign to split by concept
+MAX_LINES = 400  # the team style guide: past ~400 lines a module is a sign to split by concept
 
 
 def test_import_contracts_hold():
@@ -31,10 +32,31 @@ def test_no_module_is_over_the_size_limit():
     assert {k: n for k, n in sizes.items() if n > MAX_LINES} == {}
 
 
-def test_readme_tree_names_every_subpackage():
+def _packages() -> list[Path]:
+    """Subpackages that hold code (a folder with only `__init__.py` ships data files, e.g. clip_configs/)."""
+    return sorted(p.parent for p in PACKAGE.rglob("__init__.py")
+                  if p.parent != PACKAGE and len(list(p.parent.glob("*.py"))) > 1)
+
+
+def test_package_docstrings_name_every_module():
+    # A newcomer reads a package's docstring to find where a change belongs: it must name
+    # every module and subpackage in it (`name` or `name/`), so a new room cannot hide.
+    missing = {}
+    for pkg in _packages():
+        doc = ast.get_docstring(ast.parse((pkg / "__init__.py").read_text(encoding="utf-8"))) or ""
+        named = set(re.findall(r"`(\w+)/?`", doc)) | set(re.findall(r"`(\w+)/", doc))
+        members = {p.stem for p in pkg.glob("*.py") if p.stem != "__init__"}
+        members |= {p.parent.name for p in pkg.glob("*/__init__.py")}
+        if members - named:
+            missing[pkg.relative_to(ROOT).as_posix()] = sorted(members - named)
+    assert missing == {}
+
+
+def test_readme_tree_lists_each_subpackage_once():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Layout"):]
-    listed = set(re.findall(r"^\s*[├└]── (\w+)/", section, flags=re.M))
-    actual = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    assert listed == actual
-
+    tree = section[section.index("```"):section.index("```", section.index("```") + 3)]
+    # Nested rooms are written `├── training/population/`: the path from the package root.
+    listed = re.findall(r"[├└]── ([\w/]+)/", tree)
+    actual = sorted(p.relative_to(PACKAGE).as_posix() for p in _packages())
+    assert sorted(listed) == actual, "the README's Layout tree must list each subpackage exactly once"

@@ -14,8 +14,8 @@ from run_folders import ACC, FID, curve_rows, write_run
 from runs import QUICKSTART
 from tiframework.cli import main
 from tiframework.errors import UserError
-from tiframework.reports.compare import build_comparison, compare
-from tiframework.reports.targets import load_runset
+from tiframework.reports.compare.report import build_comparison, compare
+from tiframework.reports.compare.targets import load_runset
 
 VPT = "embedding.vectors_per_token"
 
@@ -193,7 +193,7 @@ def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
 
 def test_the_catalog_reads_the_names_training_writes():
     from tiframework.evaluation import metrics
-    from tiframework.reports import catalog
+    from tiframework.reports.compare import metrics as catalog
 
     assert (catalog.FIDELITY, catalog.FIDELITY_BEST_MATCH, catalog.FLEXIBILITY) == (
         metrics.FIDELITY, metrics.FIDELITY_BEST_MATCH, metrics.FLEXIBILITY)

@@ -54,7 +54,7 @@ def kiri(runs_dir: Path, steps: int = 40, images: int = 16) -> list[str]:
 def train(members: list[list[str]], runs: Path) -> None:
     """Train every member's overrides of the quickstart as one population."""
     from tiframework.config import load_config
-    from tiframework.training.population import train_population
+    from tiframework.training.population.train import train_population
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)  # the toy world's dataset cache, shared with the other toy-world tests

@@ -1,11 +1,11 @@
-"""Two arms on per-seed numbers (`reports.pairs`): pairing by seed, Holm over the rows, verdicts."""
+"""Two arms on per-seed numbers (`reports.compare.pairs`): pairing by seed, Holm over the rows, verdicts."""
 
 from __future__ import annotations
 
 import pytest
 from test_stats import DRUG1, DRUG2
 
-from tiframework.reports.pairs import conclude, matched, pair_row, paired_or_welch
+from tiframework.reports.compare.pairs import conclude, matched, pair_row, paired_or_welch
 
 
 def test_runs_pair_up_by_seed_whatever_their_order():

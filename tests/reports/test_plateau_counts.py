@@ -6,8 +6,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tiframework.reports.sweep_plots import _plateau_points, plateau_vs_lr
-from tiframework.reports.trials import LR, plateau_reasons, reasons_text, trial_rows
+from tiframework.reports.sweep.plots import _plateau_points, plateau_vs_lr
+from tiframework.reports.sweep.trials import LR, plateau_reasons, reasons_text, trial_rows
 
 
 def seed(reason: str | None, plateau: int | None, final: int = 120) -> dict:

@@ -96,7 +96,7 @@ def not_blank(png: bytes) -> None:
 def test_compare_report_renders_offline(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from tiframework.reports.compare import compare
+    from tiframework.reports.compare.report import compare
 
     for vpt, level in ((2, 0.15), (16, 0.05)):
         for seed in range(3):
@@ -123,7 +123,7 @@ def test_sweep_report_page_renders_offline(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     from runs import QUICKSTART
-    from tiframework.reports.sweep_report import write_report
+    from tiframework.reports.sweep.report import write_report
     from tiframework.sweeps.launch import run_sweep
 
     sweep = tmp_path / "search.yaml"

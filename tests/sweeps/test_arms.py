@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_sweep import FAKE, RUNNERS, VPT, FakeRunner, categorical, load_study, write_sweep
 
+from sweep_fixtures import FAKE, RUNNERS, VPT, FakeRunner, categorical, load_study, write_sweep
 from tiframework.errors import UserError
 
 ARMS = {"small": {VPT: 1}, "large": {VPT: 3}}
@@ -27,7 +27,7 @@ def arm_sweep(root: Path, name: str = "s", **fields: Any) -> Path:
 
 @pytest.fixture
 def experiment(tmp_path: Path) -> Path:
-    from test_sweep import write_experiment
+    from sweep_fixtures import write_experiment
 
     return write_experiment(tmp_path)
 
@@ -162,8 +162,7 @@ def test_a_failed_arm_run_is_recorded_and_the_others_go_on(tmp_path, experiment)
 def test_a_killed_arm_trial_is_retried_with_its_arm_and_seed(tmp_path, experiment):
     import dataclasses
 
-    from test_sweep import kill_mid_trial
-
+    from sweep_fixtures import kill_mid_trial
     from tiframework.sweeps.launch import prepare
     from tiframework.sweeps.worker import run_worker
 

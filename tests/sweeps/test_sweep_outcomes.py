@@ -4,8 +4,8 @@ without deleting the old one."""
 from __future__ import annotations
 
 import pytest
-from test_sweep import FAKE, VPT, categorical, load_study, states, write_experiment, write_sweep
 
+from sweep_fixtures import FAKE, VPT, categorical, load_study, states, write_experiment, write_sweep
 from tiframework.errors import UserError
 
 
@@ -30,7 +30,7 @@ def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_reasons_counted(tmp_p
 def test_a_sweep_with_a_complete_trial_exits_zero(tmp_path, experiment):
     from tiframework.sweeps.launch import all_failed, run_sweep
 
-    summary = run_sweep(write_sweep(tmp_path, n_trials=3), runner="test_sweep:FlakyRunner", progress=False)
+    summary = run_sweep(write_sweep(tmp_path, n_trials=3), runner="sweep_fixtures:FlakyRunner", progress=False)
     assert summary["fail_reasons"] == {"RuntimeError: CUDA out of memory (simulated)": 1,
                                        "seed 0: non-finite loss at step 3": 1}
     assert all_failed(summary) is None
@@ -48,7 +48,7 @@ def test_fresh_moves_the_old_study_aside_and_starts_over(tmp_path, experiment):
     sweeps = tmp_path / "runs" / "sweeps"
     [old] = [p for p in sweeps.iterdir() if p.name.startswith("s-old-")]
     assert (old / "journal.log").is_file() and (old / "trial-0").is_dir()  # the old study and its runs, whole
-    from tiframework.reports.trials import open_study
+    from tiframework.reports.sweep.trials import open_study
 
     assert [t.state.name for t in open_study(str(old), "s")[0].trials] == ["COMPLETE"]
     assert sorted(t.params[VPT] for t in load_study(tmp_path, "s").trials) == [4, 8]

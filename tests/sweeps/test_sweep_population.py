@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from test_arms import arm_sweep
-from test_sweep import VPT, FakeRunner, categorical, load_study, states, write_experiment, write_sweep
 
+from sweep_fixtures import VPT, FakeRunner, categorical, load_study, states, write_experiment, write_sweep
 from tiframework.errors import UserError
 
 RUNNERS = __name__
@@ -177,8 +177,7 @@ def test_a_killed_population_worker_trials_are_failed_and_retried(tmp_path, expe
     """Both trials of the killed worker's population are retried, with their own parameters."""
     import dataclasses
 
-    from test_sweep import kill_mid_trial
-
+    from sweep_fixtures import kill_mid_trial
     from tiframework.sweeps.launch import prepare
     from tiframework.sweeps.worker import counted, run_worker
 

@@ -14,7 +14,8 @@ import re
 import uuid
 
 import pytest
-from test_sweep import (
+
+from sweep_fixtures import (
     FAKE,
     RUNNERS,
     VPT,
@@ -83,7 +84,7 @@ def test_two_workers_share_one_postgres_study(tmp_path, experiment, postgres_url
     """Two spawned workers (as two machines would) on one study: each grid point exactly once."""
     import optuna
 
-    from tiframework.reports.sweep_report import write_report
+    from tiframework.reports.sweep.report import write_report
     from tiframework.sweeps.launch import run_sweep
 
     monkeypatch.setenv("TIF_TEST_BARRIER", str(tmp_path / "barrier"))
@@ -178,7 +179,7 @@ def test_two_workers_run_every_arm_and_seed_once_on_postgres(tmp_path, experimen
 def test_compare_reads_a_comparison_from_postgres(tmp_path, experiment, postgres_url, study_name):
     import yaml
 
-    from tiframework.reports.compare import compare
+    from tiframework.reports.compare.report import compare
     from tiframework.sweeps.launch import run_sweep
 
     sweep = tmp_path / "sweeps" / "arms.yaml"

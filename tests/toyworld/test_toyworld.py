@@ -11,6 +11,8 @@ import pytest
 
 from tiframework.data.sources import toyworld_dataset
 from tiframework.errors import UserError
+from tiframework.sd.models import TOYWORLD_DIR
+from tiframework.toyworld.build import WEIGHTS_DIR
 from tiframework.toyworld.characters import (
     CHARACTERS,
     HELD_OUT,
@@ -198,3 +200,8 @@ def test_build_command_writes_a_loadable_world(tmp_path: Path) -> None:
     card = (out / "CARD.md").read_text()
     assert "| diffusion |" in card and "kiri:" in card and "--budget-minutes 0.25" in card
     assert not list(tmp_path.glob(".weights.*"))  # no temporary folder left behind
+
+
+def test_the_model_loader_finds_the_weights_the_build_writes():
+    # sd.models reaches the toy world's weights through the toyworld package's resources.
+    assert TOYWORLD_DIR.resolve() == WEIGHTS_DIR.resolve()

@@ -2,7 +2,9 @@
 
 Each module in this package that defines `register(subparsers)` contributes its
 subcommands; `main` finds them with pkgutil, so adding a command never means editing
-a central list. Command modules import the stages that load torch / diffusers /
+a central list: `train` (train, config), `dataset` (tag, tags, lint), `embedding`
+(create, inspect, convert), `eval`, `sweep` (sweep, sweep-report), `compare`, `toyworld`;
+`options` builds command-line options from the typed config. Command modules import the stages that load torch / diffusers /
 open_clip inside their handlers so `tiframework --help` stays fast.
 """
 

@@ -7,8 +7,8 @@ import argparse
 
 def _compare(args: argparse.Namespace) -> int:
     # scipy, statsmodels, plotly, wandb: imported when the command runs, so --help stays fast
-    from tiframework.reports.compare import compare
-    from tiframework.reports.compare_text import terminal
+    from tiframework.reports.compare.report import compare
+    from tiframework.reports.compare.verdicts import terminal
 
     done = compare(args.targets, by=args.by, study_name=args.study_name, out_dir=args.out, wandb=not args.no_wandb)
     arms = ", ".join(f"{a['name']} (n={a['n']})" for a in done.result["arms"])

@@ -33,7 +33,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     # optuna, matplotlib: imported when the command runs, so --help stays fast
-    from tiframework.reports.sweep_report import write_report
+    from tiframework.reports.sweep.report import write_report
 
     out = write_report(args.study, study_name=args.study_name, out_dir=args.out)
     print(f"report written to {out}")

@@ -5,7 +5,8 @@
 - `noise`: standard errors of image-averaged scores;
 - `traits`: trait recall / leak from a WD1.4 tagger;
 - `evaluator`: `Evaluator`, images for the eval prompts scored into one row (held-out and
-  selection seeds); `evidence`: the small `eval_images/` a person looks at;
+  selection seeds); `batched`: several evaluations' images generated in shared sampler
+  calls; `evidence`: the small `eval_images/` a person looks at;
 - `diagnostics`: NaN loss, exploding vectors, fried images, not learning;
 - `plateau`, `summary`: noise-aware plateau of a run or an arm, the unbiased best checkpoint;
 - `rescore`: `tiframework eval`, scoring a finished run's checkpoints.

@@ -14,6 +14,7 @@ tiframework sees an `SDParts` bundle. Three sources:
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -36,8 +37,9 @@ from tiframework.sd.tokenizer import clip_tokenizer
 log = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).parent / "model_configs"
-# The toy world's weights are a plain diffusers folder: a path, not an import of tiframework.toyworld.
-TOYWORLD_DIR = Path(__file__).parents[1] / "toyworld" / "weights"
+# The toy world's weights are package data of tiframework.toyworld (a diffusers folder), found
+# through that package's resources: data only, no code of the stage above is imported.
+TOYWORLD_DIR = Path(str(importlib.resources.files("tiframework.toyworld") / "weights"))
 RANDOM_PRESETS = {"tiny": CONFIG_ROOT / "tiny", "sd15-random": CONFIG_ROOT / "sd15"}
 PRESETS = (*RANDOM_PRESETS, "toyworld")
 CHECKPOINT_SUFFIXES = {".safetensors", ".ckpt"}

@@ -1,8 +1,12 @@
 """Optuna sweeps: the sweep-file schema and running it on one machine or many.
 
-`schema` is the sweep file (`sweeps/<name>.yaml`) and its checks against the base
-experiment; `storage` opens the study (a journal file, or PostgreSQL across machines,
-with heartbeats so a dead worker's trial is retried); `worker` turns each trial into
-ordinary `train` runs that share one loaded model; `launch` creates the study and starts
-the workers. Reports over a study live in `tiframework.reports`.
+- `schema`: the sweep file (`sweeps/<name>.yaml`) and its checks against the base experiment;
+- `storage`: the study (a journal file, or PostgreSQL across machines, with heartbeats so a
+  dead worker's trial is retried);
+- `launch`: creates the study and starts the workers;
+- `worker`: each trial as ordinary `train` runs that share one loaded model;
+- `arms`: comparison sweeps, every arm x seed one trial in a fixed order;
+- `outcome`: a trial's runs' held-out scores as its objective value, or its failure reason;
+- `population`: several trials taken at once and trained as one population;
+- `population_size`: how many runs a worker trains at once (`--population`). Reports over a study live in `tiframework.reports.sweep`.
 """

@@ -33,8 +33,8 @@ from optuna.trial import TrialState
 from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
-from tiframework.training.population import check_compatible, train_population
-from tiframework.training.population_module import MemberCallback
+from tiframework.training.population.module import MemberCallback
+from tiframework.training.population.train import check_compatible, train_population
 
 log = logging.getLogger(__name__)
 

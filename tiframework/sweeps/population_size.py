@@ -1,14 +1,14 @@
 """How many runs a sweep worker trains at once (`--population`, `population:` in the sweep file).
 
 A population shares the frozen model's forward and backward passes between its members
-(`training.population`), so more members cost less per sample, up to what the device can
+(`training.population.train`), so more members cost less per sample, up to what the device can
 use at once and what its memory holds. `auto` picks:
 
 - on a CPU: `CPU_SWEET_SPOT` members, the size past which the per-sample cost stopped
   falling in `benchmarks/population.py` on 2 cores (benchmarks/RESULTS.md, "Population
   training"), fewer if the free RAM cannot hold that many members' activations;
 - on a GPU: as many members as the free GPU memory holds, at the training step's
-  estimated memory per member (`training.memory.estimate_step_memory`, issue 13's
+  estimated memory per member (`sizing.memory.estimate_step_memory`, issue 13's
   fake-tensor count), at most `GPU_MOST` (the largest K the benchmark measures).
 
 Pruning judges a trial at each evaluation against trials that finished before it, which
@@ -27,8 +27,8 @@ import torch
 from tiframework.config import ExperimentConfig, with_overrides
 from tiframework.errors import UserError
 from tiframework.sd.runtime import detect_machine
+from tiframework.sizing.memory import estimate_step_memory
 from tiframework.sweeps.schema import CategoricalParam, IntParam, SweepConfig
-from tiframework.training.memory import estimate_step_memory
 
 log = logging.getLogger(__name__)
 MIB = 2**20

@@ -1,2 +1,11 @@
-"""Training an embedding: `train(cfg)` in `train`, the LightningModule in `module`, A1111's
-LR schedules in `schedules`, the run's callbacks in `callbacks`, preview files in `previews`."""
+"""Training embeddings: one run (`train`), or many through one frozen model (`population/`).
+
+- `train`: `train(cfg)`, one run start to finish; the CLI, sweeps and tests call it;
+- `module`: the LightningModule of one run;
+- `loss`: the training loss (noise, timesteps, target, distance), shared with `population/`;
+- `schedules`: A1111's LR schedule string, cosine restarts, the one rate-at-step rule;
+- `callbacks`: saves, previews, metrics, evaluation, guards, progress of a run;
+- `run_eval`: a run's evaluation record (eval.csv, plateau, best checkpoint);
+- `previews`: preview files and strips over steps;
+- `population/`: `train_population(cfgs)`, K embeddings trained at once.
+"""

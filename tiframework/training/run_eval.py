@@ -2,7 +2,7 @@
 
 `RunEvaluation` takes the rows an `Evaluator` scores (for a solo run through
 `callbacks.EvalCallback`, for each member of a population through
-`population_eval.MemberEvaluation`) and, for each one, writes eval.csv,
+`population.evaluation.MemberEvaluation`) and, for each one, writes eval.csv,
 eval_per_image.csv and `eval_images/`, hands the row to a sink (W&B, progress,
 `on_eval`), keeps the best checkpoint's embedding, runs the fried / not-learning
 diagnostics and decides whether a plateau stop is due. Both paths share it, so a

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from tiframework.evaluation.batched import score_together
-from tiframework.training.population_module import Member, MemberCallback, PopulationModule
-from tiframework.training.population_outputs import MemberOutputs, outputs
+from tiframework.training.population.module import Member, MemberCallback, PopulationModule
+from tiframework.training.population.outputs import MemberOutputs, outputs
 
 log = logging.getLogger(__name__)
 

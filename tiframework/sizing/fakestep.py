@@ -3,7 +3,7 @@
 `FakeTensorMode` runs torch code on tensors that have shapes and dtypes but no data, so
 the project's real step (`TextualInversionModule.training_step`, backward, AdamW) can be
 run for SD 1.5 at 512 px in seconds and a little RAM, to count its memory
-(`training.memory`) and its FLOPs (`step_flops`). What a fake CPU run needs for that:
+(`sizing.memory`) and its FLOPs (`step_flops`). What a fake CPU run needs for that:
 
 - the frozen model built fake, where and in the dtype the run would put it (`fake_parts`):
   fake weights cannot be moved, `.to` swaps tensors and fake ones refuse;

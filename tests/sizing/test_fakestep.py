@@ -1,4 +1,4 @@
-"""The training step on fake tensors (`training.fakestep`): CUDA autocast emulated on a CPU, FLOPs."""
+"""The training step on fake tensors (`sizing.fakestep`): CUDA autocast emulated on a CPU, FLOPs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tiframework.config import load_config
 from tiframework.sd.models import load_model
-from tiframework.training import fakestep
+from tiframework.sizing import fakestep
 from tiframework.training.module import TextualInversionModule
 
 

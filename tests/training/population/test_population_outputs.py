@@ -21,8 +21,8 @@ from runs import shrunk_quickstart as config
 from tiframework.errors import UserError
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.sd.embeddings import load_embedding
-from tiframework.training.population import train_population
-from tiframework.training.population_module import MemberCallback
+from tiframework.training.population.module import MemberCallback
+from tiframework.training.population.train import train_population
 from tiframework.training.train import train
 from wandb_reader import read_run
 

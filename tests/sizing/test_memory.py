@@ -1,4 +1,4 @@
-"""The step-memory estimator (`training.memory`) against independent counts, on the tiny preset."""
+"""The step-memory estimator (`sizing.memory`) against independent counts, on the tiny preset."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from tiframework.config import load_config
 from tiframework.sd.runtime import Machine
-from tiframework.training import memory
+from tiframework.sizing import memory
 
 
 def tiny(*overrides: str):

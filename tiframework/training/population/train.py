@@ -10,7 +10,7 @@ order, noise and loss normalisation; equal up to float32 rounding of batched ker
 and its run folder is a solo run's: the same `config.yaml`, `metrics.csv`, embeddings,
 previews, `eval.csv` / `eval_per_image.csv` / `eval_images/` and `summary.json`, written by
 the same code, and one W&B run per member. Evaluations of members due at the same step
-generate their images together (`population_eval`). A member that diverges, explodes or
+generate their images together (`population.evaluation`). A member that diverges, explodes or
 (with `training.stop_on_plateau`) plateaus leaves; the others go on. A member with
 `resume=` continues in its own run folder, as `train` would. It returns the members'
 summaries in the configs' order.
@@ -42,9 +42,9 @@ from tiframework.sd.runtime import Runtime
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training.callbacks import EmbeddingSaver, PreviewWriter
-from tiframework.training.population_eval import MemberEvaluation, MemberPreviews
-from tiframework.training.population_module import Amp, Member, PopulationModule, amp_for
-from tiframework.training.population_outputs import (
+from tiframework.training.population.evaluation import MemberEvaluation, MemberPreviews
+from tiframework.training.population.module import Amp, Member, PopulationModule, amp_for
+from tiframework.training.population.outputs import (
     MemberMetrics,
     MemberOutputs,
     MemberSaver,

@@ -25,9 +25,9 @@ import optuna
 from optuna.trial import TrialState
 
 from tiframework.fileio import atomic_write_text
-from tiframework.reports import sweep_plots as plots
-from tiframework.reports.sweep_html import with_intervals, write_html
-from tiframework.reports.trials import objective_names, open_study, trial_rows
+from tiframework.reports.sweep import plots
+from tiframework.reports.sweep.page import with_intervals, write_html
+from tiframework.reports.sweep.trials import objective_names, open_study, trial_rows
 from tiframework.sweeps import storage as st
 
 

@@ -7,7 +7,7 @@ import torch
 from runs import shrunk_quickstart as config
 from tiframework.data.dataset import collate
 from tiframework.training.module import TextualInversionModule
-from tiframework.training.shared_pass import (
+from tiframework.training.population.shared_pass import (
     MemberBatch,
     encode_conditioning,
     group_indices,

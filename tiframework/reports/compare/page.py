@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tiframework.reports import compare_text as text
+from tiframework.reports.compare import verdicts as text
 from tiframework.reports.html import Plot, color, jpeg_data_uri, plot, render, slug
 
 EVAL_IMAGES = "eval_images"

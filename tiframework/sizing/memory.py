@@ -4,7 +4,7 @@ Both run the project's own step: `TextualInversionModule.training_step` (under t
 autocast Lightning would use), the backward pass and the AdamW step from
 `configure_optimizers`, on frozen parts placed by `SDParts.prepare` as `train` places them.
 
-The estimate runs that step on fake tensors (`training.fakestep`: shapes and dtypes, no
+The estimate runs that step on fake tensors (`sizing.fakestep`: shapes and dtypes, no
 data, CUDA's autocast choices emulated) and counts every tensor allocated and freed with
 torch's `MemTracker`, so it sees what autograd really keeps: with frozen weights a layer
 saves far less than a formula for full fine-tuning would say, and under autocast a
@@ -31,7 +31,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from tiframework.config import ExperimentConfig
 from tiframework.sd.models import SDParts, load_model, unet_parameters
 from tiframework.sd.runtime import Machine, Runtime, detect_machine, resolve_runtime
-from tiframework.training.fakestep import (
+from tiframework.sizing.fakestep import (
     PlaceholderScalars,
     cuda_policy_on_cpu,
     fake_parts,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tiframework.reports.catalog import SUMMARIES
+from tiframework.reports.compare.metrics import SUMMARIES
 
 SUMMARY_LABELS = SUMMARIES | {"plateau": "over the runs that reached one"}
 

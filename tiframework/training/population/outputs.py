@@ -4,7 +4,7 @@ so a member's run folder and W&B run are a solo run's:
     metrics.csv    one row per optimizer step: loss (mean over its micro-batches), lr, vector norm, time
     embeddings/    `<name>-<step>.pt` + .safetensors + .pt.optim every `training.save_every` steps and
                    at the best evaluation; `<name>.pt` (+ ...), the final one, when it leaves
-    previews/, eval.csv, eval_per_image.csv, eval_images/   see `population_eval`
+    previews/, eval.csv, eval_per_image.csv, eval_images/   see `population.evaluation`
     summary.json   `train.run_summary`: final step and loss, norms, evaluation summary, why it stopped
     W&B            one run per member (`tracking.tracker.Tracker`), finished when it leaves
 """
@@ -23,7 +23,7 @@ from tiframework.evaluation.evaluator import Evaluator
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training.callbacks import EmbeddingSaver, PreviewWriter
-from tiframework.training.population_module import Member, MemberCallback, PopulationModule
+from tiframework.training.population.module import Member, MemberCallback, PopulationModule
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.train import Start, run_summary
 

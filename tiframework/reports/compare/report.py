@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from tiframework.fileio import atomic_write_text
-from tiframework.reports import compare_html, compare_text, pairs, stats
-from tiframework.reports.catalog import FIDELITY, PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
-from tiframework.reports.runset import Arm, Run, RunSet
-from tiframework.reports.targets import load_runset
+from tiframework.reports import stats
+from tiframework.reports.compare import page, pairs, verdicts
+from tiframework.reports.compare.metrics import FIDELITY, PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
+from tiframework.reports.compare.runset import Arm, Run, RunSet
+from tiframework.reports.compare.targets import load_runset
 from tiframework.tracking.wandb_report import log_report
 
 CHOSEN_ON_SELECTION = "selection"
@@ -225,13 +226,13 @@ def compare(targets: list[str], by: list[str] | None = None, study_name: str | N
     result = build_comparison(runset)
     out = Path(out_dir) if out_dir else runset.default_out
     out.mkdir(parents=True, exist_ok=True)
-    curve_plots, seed_plots = compare_html.figures(result)
-    files = write_comparison(result, out, compare_html.html(result, curve_plots, seed_plots),
-                             compare_text.markdown(result))
+    curve_plots, seed_plots = page.figures(result)
+    files = write_comparison(result, out, page.html(result, curve_plots, seed_plots),
+                             verdicts.markdown(result))
     wandb_dir = None
     if wandb:
-        rows = compare_text.verdict_rows(result)
-        cols = list(compare_text.VERDICT_COLUMNS)
+        rows = verdicts.verdict_rows(result)
+        cols = list(verdicts.VERDICT_COLUMNS)
         wandb_dir = log_report(
             project=runset.wandb_project, group=runset.group, name=f"{runset.group}/compare", job_type="compare",
             config={"source": result["source"], "by": result["by"],

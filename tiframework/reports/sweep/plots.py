@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from tiframework.reports.trials import (
+from tiframework.reports.sweep.trials import (
     LR,
     VPT,
     finite,

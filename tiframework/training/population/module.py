@@ -42,8 +42,8 @@ from tiframework.evaluation.diagnostics import (
 )
 from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
+from tiframework.training.population.shared_pass import MemberBatch, member_losses, partition
 from tiframework.training.schedules import learning_rate
-from tiframework.training.shared_pass import MemberBatch, member_losses, partition
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Member:
     end_step: int  # the optimizer step its training ends at
     loader: DataLoader  # its micro-batches from `start_step` on, as `train` would draw them
     folder: Any = None
-    outputs: Any = None  # its writers (`population_outputs.MemberOutputs`): saves, previews, evaluation, W&B
+    outputs: Any = None  # its writers (`population.outputs.MemberOutputs`): saves, previews, evaluation, W&B
     optimizer_state: dict | None = None
     skipped: list[str] = field(default_factory=list)  # images it could not read
     steps_done: int = 0

@@ -19,7 +19,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from tiframework.errors import UserError
-from tiframework.reports.runset import (
+from tiframework.reports.compare.runset import (
     Arm,
     Run,
     RunSet,
@@ -32,7 +32,7 @@ from tiframework.reports.runset import (
     is_run_dir,
     read_run,
 )
-from tiframework.reports.trials import fail_reason, open_study
+from tiframework.reports.sweep.trials import fail_reason, open_study
 from tiframework.sweeps.arms import ARM, SEED
 from tiframework.sweeps.storage import SIGNATURE_ATTR
 

@@ -23,9 +23,9 @@ from runs import make_dataset
 from runs import shrunk_quickstart as config
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import load_embedding
-from tiframework.training import population_module
-from tiframework.training.population import open_member, plan_member, train_population
-from tiframework.training.population_module import Amp, MemberCallback, amp_for
+from tiframework.training.population import module as population_module
+from tiframework.training.population.module import Amp, MemberCallback, amp_for
+from tiframework.training.population.train import open_member, plan_member, train_population
 from tiframework.training.train import train
 
 TOL = 1e-5

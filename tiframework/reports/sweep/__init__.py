@@ -1,0 +1,7 @@
+"""`tiframework sweep-report`: what a study found, as tables, plots and a page.
+
+- `report`: `write_report(target)`, trials.csv/.md, importances, report.md.
+- `trials`: reading a study: trials, their per-seed numbers, why they failed.
+- `plots`: the report's PNGs (history, fidelity vs VPT, plateau vs learning rate, Pareto front).
+- `page`: intervals over seeds for a search, and the interactive report.html.
+"""

@@ -1,0 +1,8 @@
+"""Population training: K embeddings trained at once through one frozen model, each member a solo run.
+
+- `train`: `train_population(cfgs)`, planning members, their run folders, the Lightning run;
+- `module`: the population LightningModule (per-member optimizers, accumulation, AMP);
+- `shared_pass`: one text-encoder and UNet pass for many members, each with its own loss;
+- `outputs`: each member's writers (saves, previews, evaluation, W&B), as a solo run's;
+- `evaluation`: members' previews and evaluations, generated together.
+"""
