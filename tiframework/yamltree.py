@@ -76,6 +76,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and "\n" in raw.strip():
+            value = raw  # YAML folds a line break into a space: a name with a newline would hide it
         set_dotted(out, key, value)
     return out
 

@@ -168,9 +168,7 @@ class RunFolder:
         return self.path / "provenance.json"
 
     def write_provenance(self, provenance: dict[str, Any]) -> None:
-        """provenance.json (`tracking.provenance`); a resume keeps the one it replaces in history/."""
-        if self.provenance_file.is_file():
-            self.keep_copies("provenance", self.provenance_file)
+        """provenance.json (`tracking.provenance`); a resume keeps the one it replaces (`cut_back`)."""
         atomic_write_text(self.provenance_file, json.dumps(provenance, indent=2) + "\n")
 
     def read_provenance(self) -> dict[str, Any]:
@@ -194,7 +192,7 @@ class RunFolder:
     def cut_back(self, step: int, name: str) -> tuple[Path, list[dict[str, float]]]:
         """Make the run folder read as if it had stopped at `step`, losing nothing.
 
-        The config, metrics, eval table and summary are copied to `history/<time>-resumed-at-<step>/`;
+        The config, metrics, eval table, summary and provenance are copied to `history/<time>-resumed-at-<step>/`;
         metrics and eval rows past `step` are dropped; checkpoints and previews past `step` move
         into that folder (strips too: they are rebuilt from the previews kept); half-written
         temporary files of a killed run are removed. Returns the history folder and the eval
@@ -202,7 +200,7 @@ class RunFolder:
         """
         history = self.history_dir(f"resumed-at-{step}")
         for file in (self.config_file, self.path / "metrics.csv", self.eval_file, self.per_image_file,
-                     self.summary_file):
+                     self.summary_file, self.provenance_file):
             if file.is_file():
                 shutil.copy2(file, history / file.name)
         _keep_rows(self.path / "metrics.csv", step)
