@@ -230,6 +230,16 @@ def run_provenance(cfg: ExperimentConfig, parts: SDParts, data_dir: Path, runtim
     return provenance.collect(cfg, data_dir, f"{runtime.device} ({runtime.device_name})", model)
 
 
+def planned_steps(cfg: ExperimentConfig) -> int:
+    """The step training ends at (the schedule's end or max_steps); notes where A1111 would differ."""
+    schedule = parse_schedule(cfg.training.learning_rate)
+    extra = a1111_extra_step(schedule, cfg.training.max_steps) if cfg.training.lr_scheduler == "a1111" else None
+    if extra is not None:
+        log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
+                 "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
+    return total_steps(schedule, cfg.training.max_steps)
+
+
 def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
           on_eval: Callable[[dict[str, float]], None] | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train one embedding as `cfg` says; return the summary written to `summary.json`.
@@ -243,12 +253,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     """
     preflight(cfg, fresh)  # everything that needs no model: bad input fails in well under a second
     log.info(model_line(cfg))
-    schedule = parse_schedule(cfg.training.learning_rate)
-    total = total_steps(schedule, cfg.training.max_steps)
-    extra = a1111_extra_step(schedule, cfg.training.max_steps) if cfg.training.lr_scheduler == "a1111" else None
-    if extra is not None:
-        log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
-                 "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
+    total = planned_steps(cfg)
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
