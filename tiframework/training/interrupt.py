@@ -66,10 +66,13 @@ class StopOnSignal(pl.Callback):
 
 def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:
     """The command line that continues this run: the same one, with `resume=<run folder>` in
-    place of any `resume=` (and without `--fresh`, which would move the run aside)."""
+    place of any `resume=` (and without `--fresh`, which would move the run aside). Under
+    another command (a sweep), that command again: it redoes the interrupted trial."""
     argv = list(sys.argv if argv is None else argv)
-    if not argv or "train" not in argv:
+    if not argv:
         return f"tiframework train <config> ... resume={shlex.quote(str(run_dir))}"
+    if "train" not in argv:
+        return shlex.join(["tiframework", *argv[1:]])
     args = [a for a in argv[argv.index("train"):] if not a.startswith("resume=") and a != "--fresh"]
     return shlex.join(["tiframework", *args, f"resume={run_dir}"])
 
