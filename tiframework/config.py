@@ -56,7 +56,9 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _needs_source(self) -> ModelConfig:
         if not self.preset and not self.path:
-            raise ValueError("set model.preset (tiny, sd15-random, toyworld) or model.path")
+            raise ValueError("no model given; pass your SD 1.x checkpoint (.safetensors/.ckpt) or diffusers "
+                             "folder on the command line, e.g. model.path=~/models/sd15.safetensors "
+                             "(or model.preset=tiny, sd15-random or toyworld to try the plumbing)")
         return self
 
 
@@ -295,14 +297,23 @@ class ExperimentConfig(Section):
         return self
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    parts = []
+def _format_error(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line naming each bad key; a key set on the command line is blamed there, not on the file."""
+    given = {item.split("=", 1)[0]: item for item in overrides or []}
+    in_file, on_line = [], []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = f"unknown key{_did_you_mean(key)}" if e["type"] == "extra_forbidden" else \
             e["msg"].removeprefix("Value error, ")
-        parts.append(f"{key}: {msg}" if key else msg)
-    return f"{source}: " + "; ".join(parts)
+        text = f"{key}: {msg}" if key else msg
+        culprit = next((item for k, item in given.items() if key and (k == key or k.startswith(key + ".")
+                                                                      or key.startswith(k + "."))), None)
+        if culprit is None:
+            in_file.append(text)
+        else:
+            on_line.append(f"{text} (from {culprit})")
+    groups = [f"{source}: " + "; ".join(in_file)] if in_file else []
+    return "; ".join(groups + (["command line: " + "; ".join(on_line)] if on_line else []))
 
 
 def _did_you_mean(key: str) -> str:
@@ -335,14 +346,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     data = deep_merge(data, parse_overrides(overrides or []))
     if path and not (data.get("logging") or {}).get("experiment"):
         data.setdefault("logging", {})["experiment"] = Path(path).stem
-    return config_from_dict(data, source=str(path) if path else "config")
+    return config_from_dict(data, source=str(path) if path else "config", overrides=overrides)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+def config_from_dict(data: dict[str, Any], source: str = "config",
+                     overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate `data`; `overrides` (the command line's key=value items) are blamed for their keys."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_error(err, source)) from None
+        raise UserError(_format_error(err, source, overrides)) from None
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

@@ -23,10 +23,21 @@ def read_yaml_mapping(path: Path, what: str, not_mapping: str) -> dict[str, Any]
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+        raise UserError(f"{path}{_where(exc)}: not valid YAML ({_problem(exc)}); fix the syntax there") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: {not_mapping}")
     return data
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    """`:line:column` (1-based, as editors count) of a YAML error, when PyYAML knows it."""
+    mark = getattr(exc, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _problem(exc: yaml.YAMLError) -> str:
+    # Only the first line: PyYAML's own text quotes the file over several lines.
+    return " ".join(str(getattr(exc, "problem", None) or exc.__class__.__name__).split())
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +76,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and "\n" in raw.strip():
+            value = raw  # YAML folds a line break into a space: a name with a newline would hide it
         set_dotted(out, key, value)
     return out
 

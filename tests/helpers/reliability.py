@@ -2,14 +2,21 @@
 killed, that SIGKILLs itself in the middle of a save, that runs into a file-size limit (a full
 disk) or that cannot override file permissions (a read-only folder, also when tests run as root).
 
-    python tests/helpers/reliability.py [--kill-writing NAME] [--max-file-bytes N] [--no-override] -- ARGS...
+    python tests/helpers/reliability.py [--kill-writing NAME] [--fail-writing NAME] [--max-file-bytes N]
+                                        [--no-override] -- ARGS...
+
+It also holds the bad-input corpus (`CORPUS`, filled by `cases()` in each test module of
+tests/reliability/) and the checks every case makes: one line, nothing lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
+import hashlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -17,6 +24,39 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CORPUS: dict[str, str] = {}
+
+
+def cases(group: dict[str, str]) -> list[str]:
+    CORPUS.update(group)
+    return list(group)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_nothing_lost(root: Path, before: dict[str, str]) -> None:
+    after = snapshot(root)
+    assert {k: after.get(k) for k in before} == before, "an existing file changed or vanished"
+    assert not [k for k in after if re.search(r"(^|/)\.[^/]*\.tmp$", k)], "a half-written file was left"
+
+
+def one_line(err: BaseException | str, *fragments: str) -> str:
+    text = str(err).removeprefix("error: ").rstrip("\n")
+    assert "\n" not in text, text
+    for fragment in fragments:
+        assert re.search(fragment, text), (fragment, text)
+    return text
+
+
+def error_line(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-2000:]
+    return lines[0]
+
+
 _PR_CAPBSET_DROP = 24
 # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets root write into a 0555 folder.
 _OVERRIDE_CAPS = (1, 2, 3)
@@ -48,12 +88,30 @@ def kill_while_writing(name: str) -> None:
     fileio._publish_mode = half_then_die
 
 
+def fail_writing(name: str) -> None:
+    """Make the atomic write of a file called `name` fail as on a full disk (ENOSPC), as late as a
+    real one would: after the earlier files, so what was saved before must survive."""
+    from tiframework import fileio
+
+    publish = fileio._publish_mode
+
+    def disk_full(tmp: Path, final: Path, base: int) -> None:
+        if final.name == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        publish(tmp, final, base)
+
+    fileio._publish_mode = disk_full
+
+
 def tif(*args: str, cwd: Path, kill_writing: str | None = None, max_file_bytes: int | None = None,
-        no_override: bool = False, wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess | subprocess.Popen:
+        no_override: bool = False, wait: bool = True, timeout: float = 600,
+        fail_writing: str | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run `tiframework ARGS` in a subprocess through this file (see the module docstring)."""
     cmd = [sys.executable, __file__]
     if kill_writing:
         cmd += ["--kill-writing", kill_writing]
+    if fail_writing:
+        cmd += ["--fail-writing", fail_writing]
     if max_file_bytes:
         cmd += ["--max-file-bytes", str(max_file_bytes)]
     if no_override:
@@ -68,6 +126,7 @@ def tif(*args: str, cwd: Path, kill_writing: str | None = None, max_file_bytes: 
 def _main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kill-writing")
+    parser.add_argument("--fail-writing")
     parser.add_argument("--max-file-bytes", type=int)
     parser.add_argument("--no-override", action="store_true")
     parser.add_argument("args", nargs=argparse.REMAINDER)
@@ -86,6 +145,8 @@ def _main() -> int:
         resource.setrlimit(resource.RLIMIT_FSIZE, (opts.max_file_bytes, opts.max_file_bytes))
     if opts.kill_writing:
         kill_while_writing(opts.kill_writing)
+    if opts.fail_writing:
+        fail_writing(opts.fail_writing)
     from tiframework.cli import main
 
     return main(args)

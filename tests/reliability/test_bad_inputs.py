@@ -10,7 +10,6 @@ errors: they train with the right colours, and no line is printed for them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -21,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability import tif
+from reliability import CORPUS, assert_nothing_lost, cases, error_line, one_line, snapshot, tif
 from runs import QUICKSTART, make_dataset, shrink_overrides
 from runs import shrunk_quickstart as config
 from tiframework.config import load_config
@@ -30,33 +29,6 @@ from tiframework.errors import UserError
 from tiframework.sd.embeddings import Embedding, save_embedding
 from tiframework.sd.tokenizer import clip_tokenizer
 from tiframework.training.train import train
-
-CORPUS: dict[str, str] = {}
-
-
-def cases(group: dict[str, str]) -> list[str]:
-    CORPUS.update(group)
-    return list(group)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_nothing_lost(root: Path, before: dict[str, str]) -> None:
-    after = snapshot(root)
-    assert {k: after.get(k) for k in before} == before, "an existing file changed or vanished"
-    assert not [k for k in after if re.search(r"(^|/)\.[^/]*\.tmp$", k)], "a half-written file was left"
-
-
-def one_line(err: BaseException | str, *fragments: str) -> str:
-    text = str(err).removeprefix("error: ").rstrip("\n")
-    assert "\n" not in text, text
-    for fragment in fragments:
-        assert re.search(fragment, text), (fragment, text)
-    return text
-
 
 # ------------------------------------------------------------------ images in a dataset
 
@@ -272,12 +244,6 @@ OUTPUT_CASES = cases({
 })
 
 
-def error_line(stderr: str) -> str:
-    lines = [x for x in stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-2000:]
-    return lines[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", OUTPUT_CASES)
 def test_an_unwritable_output_is_one_line_and_loses_nothing(tmp_path, kind):
@@ -307,9 +273,3 @@ def test_an_unwritable_output_is_one_line_and_loses_nothing(tmp_path, kind):
         assert not (tmp_path / "out.safetensors").exists()
     assert done.returncode == 2
     assert_nothing_lost(tmp_path, before)
-
-
-def test_the_readme_states_the_corpus_size():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Reliability"):]
-    assert f"**{len(CORPUS)} bad inputs**" in section.split("\n## ")[0]

@@ -19,14 +19,16 @@ import re
 import sys
 
 from tiframework import __version__
-from tiframework.errors import UserError
+from tiframework.errors import RunInterrupted, UserError
 from tiframework.logs import configure_logging
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 # Errors of the machine, not of the program: one line saying which file and what to do.
 WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file-size limit was hit",
                 errno.EDQUOT: "the disk quota is used up", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied", errno.EROFS: "the file system is read-only"}
+                errno.EPERM: "permission denied", errno.EROFS: "the file system is read-only",
+                errno.ENOTDIR: "a file is where a folder should be", errno.EISDIR: "a folder is where a file should be",
+                errno.EEXIST: "a file is where a folder should be"}
 
 
 def write_error(exc: OSError) -> str:
@@ -34,6 +36,8 @@ def write_error(exc: OSError) -> str:
     why = WRITE_ERRORS[exc.errno]
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}: {why}; fix its permissions, or write elsewhere (e.g. logging.runs_dir)"
+    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        return f"{where}: {why}; move it away, or write elsewhere (e.g. logging.runs_dir)"
     return (f"{where}: cannot write ({why}); nothing half-written was kept: free space and run again "
             "(training resumes from its last checkpoint with resume=<run folder>)")
 
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(exc.message, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import glob
+from pathlib import Path
+
+from tiframework.errors import UserError
 
 
 def _compare(args: argparse.Namespace) -> int:
+    for target in args.targets:  # refused before seconds of imports (globs and URLs are checked later)
+        if "://" not in target and not glob.has_magic(target) and not Path(target).exists():
+            raise UserError(f"{target}: no such run folder, sweep folder or journal file")
     # scipy, statsmodels, plotly, wandb: imported when the command runs, so --help stays fast
     from tiframework.reports.compare.report import compare
     from tiframework.reports.compare.verdicts import terminal

@@ -12,6 +12,16 @@ from tiframework.data.lint import HASH_DISTANCE, MAX_RATIO, MIN_SIDE, exit_code,
 from tiframework.data.tagger import TagOptions, tag_folder
 from tiframework.data.tags import TRAIT_SHARE, make_variant, parse_replace, tag_stats
 
+# A table cell, not the caption: a tag too long for a line is cut (the JSON output keeps it whole).
+TAG_WIDTH = 80
+
+
+def shown_tag(tag: str) -> str:
+    """A tag as a table shows it: control characters (a NUL, a line break) escaped, never sent raw
+    to the terminal, and a runaway tag cut to `TAG_WIDTH` with its length."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in tag)
+    return text if len(text) <= TAG_WIDTH else f"{text[:TAG_WIDTH - 20]}... ({len(tag)} characters)"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_tag(subparsers)
@@ -112,7 +122,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     print(f"{n_images} images, {len(stats)} distinct tags")
     print(f"{'count':>6} {'share':>6}  tag")
     for s in shown:
-        print(f"{s.count:>6} {s.share:>6.0%}  {s.tag}{'  *' if s.trait else ''}")
+        print(f"{s.count:>6} {s.share:>6.0%}  {shown_tag(s.tag)}{'  *' if s.trait else ''}")
     if any(s.trait for s in stats):
         print(f"* in >= {args.threshold:.0%} of images: likely a character trait; prune it with "
               f"`tags prune --remove` or `--auto {args.threshold:g}`")

@@ -16,6 +16,7 @@ from tiframework.cli.options import add_model_options, model_from_args
 from tiframework.config import EmbeddingConfig, EmbeddingFormat, ModelConfig
 from tiframework.data.images import captions_by_image
 from tiframework.errors import UserError
+from tiframework.sd.embedding_paths import check_embedding_path
 
 FORMAT_CHOICES = get_args(EmbeddingFormat)
 EMBEDDING_FLAGS = {"vectors_per_token": "--vpt"}
@@ -116,6 +117,7 @@ def format_text(info: dict) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    check_embedding_path(Path(args.file))  # a wrong path costs no torch import
     # torch and friends: imported when the command runs, so --help stays fast
     import torch
 
@@ -132,6 +134,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_embedding_path(Path(args.input))  # a wrong path costs no torch import
     # torch and friends: imported when the command runs, so --help stays fast
     from tiframework.sd.embeddings import check_name, load_embedding, resolve_format, save_embedding
     from tiframework.sd.tokenizer import clip_tokenizer

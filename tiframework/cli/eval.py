@@ -6,8 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from tiframework.errors import UserError
+
 
 def _eval(args: argparse.Namespace) -> int:
+    if not (Path(args.run_dir) / "config.yaml").is_file():  # refused before seconds of imports
+        raise UserError(f"{args.run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run-id>")
     # torch and friends: imported when the command runs, so --help stays fast
     from tiframework.evaluation.rescore import evaluate_run
 

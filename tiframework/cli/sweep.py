@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from tiframework.errors import UserError
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    if not Path(args.sweep).is_file():  # refused before seconds of imports
+        raise UserError(f"{args.sweep}: sweep file not found")
     # torch and friends: imported when the command runs, so --help stays fast
     import optuna
 

@@ -6,17 +6,19 @@ import argparse
 import json
 
 from tiframework.config import describe_keys, load_config, to_yaml
+from tiframework.training.preflight import preflight
 
 OVERRIDE_HELP = ("dotted key=value overrides, e.g. training.max_steps=20 embedding.vectors_per_token=2 "
                  "resume=runs/x/y/embeddings/mychar-500.pt (see `tiframework config keys`)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    # torch and friends: imported when the command runs, so --help stays fast
+    cfg = load_config(args.config, args.overrides)
+    preflight(cfg, args.fresh)  # a refused input costs no torch import
+    # torch, diffusers and Lightning (seconds): imported only once the input has passed
     from tiframework.training.train import train
 
-    cfg = load_config(args.config, args.overrides)
-    summary = train(cfg)
+    summary = train(cfg, fresh=args.fresh)
     shown = {k: v for k, v in summary.items() if k not in ("vector_norms", "eval_settings")}  # in summary.json
     print(json.dumps(shown, indent=2))
     print(f"run folder: {summary['run_dir']}")
@@ -73,6 +75,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    p.add_argument("--fresh", action="store_true",
+                   help="start logging.run_id anew when a run of that id exists: the old run folder is moved "
+                   "aside (to .<run-id>.replaced-<time> beside it), never overwritten")
     p.set_defaults(func=_train)
 
     c = subparsers.add_parser("config", help="show resolved configs and every config key")

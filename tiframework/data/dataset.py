@@ -21,12 +21,11 @@ from torch.utils.data import Dataset, Sampler
 
 from tiframework.config import DataConfig
 from tiframework.data.images import UnreadableImage, image_size, list_images, read_caption, split_tags
+from tiframework.data.templates import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported: it lives where
+from tiframework.data.templates import read_templates as read_templates  # it needs no torch (preflight)
 from tiframework.errors import UserError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TEMPLATE = "[filewords], [name]"
-
 
 # --- pure helpers -------------------------------------------------------------------------
 
@@ -61,26 +60,6 @@ def fill_template(template: str, name: str, filewords: str) -> str:
     # An empty [filewords] must not leave ", mychar" or "mychar, " behind.
     parts = [p.strip() for p in text.split(",")]
     return ", ".join(p for p in parts if p)
-
-
-def read_templates(cfg: DataConfig) -> list[str]:
-    if cfg.template_file:
-        path = Path(cfg.template_file)
-        if not path.is_file():
-            raise UserError(f"{path}: template file not found; fix data.template_file")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        source = str(path)
-    else:
-        lines, source = [t.strip() for t in cfg.templates if t.strip()], "data.templates"
-    if not lines:
-        raise UserError(f"{source}: no templates; use e.g. '{DEFAULT_TEMPLATE}'")
-    for line in lines:
-        if "[name]" not in line:
-            raise UserError(
-                f"{source}: template {line!r} has no [name], so the embedding would never be trained; "
-                f"add [name], e.g. '{DEFAULT_TEMPLATE}'"
-            )
-    return lines
 
 
 # --- images and latents -------------------------------------------------------------------

@@ -99,6 +99,13 @@ def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int
         return image.size
 
 
+def pixel_format(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[str, bool]:
+    """(PIL mode, has transparency) from the header only, before `to_rgb` converts it."""
+    with _open_checked(Path(path), max_pixels) as image:
+        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        return image.mode, alpha
+
+
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode `path` to an RGB image, transparency composited on white.
 

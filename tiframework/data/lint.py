@@ -24,6 +24,7 @@ from tiframework.data.images import (
     caption_owners,
     caption_path,
     list_images,
+    pixel_format,
     read_caption,
     read_image,
     split_tags,
@@ -40,6 +41,16 @@ MAX_RATIO = 4.0
 # Hamming distance between 64-bit perceptual hashes; <= 4 is the same picture
 # re-encoded, resized or lightly edited, while unrelated images sit near 32.
 HASH_DISTANCE = 4
+# A caption past three of CLIP's 75-token chunks (~1 token a word for tags) dilutes the name's
+# share of the prompt and multiplies the text encoder's work; a WD1.4 caption is 20-60 words.
+MAX_CAPTION_WORDS = 225
+# Pixel spread (0-255) under which an image is one flat colour: its perceptual hash is all
+# zeros, so every flat image would "match" every other one whatever their colours.
+FLAT_SPREAD = 2.0
+# Modes that train as converted (correctly), but that other tools may show differently.
+CONVERTED_MODES = {"CMYK": "CMYK, converted to RGB", "I;16": "16-bit, reduced to 8 bits",
+                   "I;16B": "16-bit, reduced to 8 bits", "I;16L": "16-bit, reduced to 8 bits",
+                   "I": "32-bit integer, reduced to 8 bits", "F": "floating-point, reduced to 8 bits"}
 
 Severity = Literal["error", "warning"]
 
@@ -97,7 +108,7 @@ def check_image(path: Path, min_side: int, max_ratio: float, max_pixels: int) ->
     except UnreadableImage as exc:
         code = _UNREADABLE_CODES.get(exc.reason, "undecodable")
         return [Finding("error", code, path.name, exc.detail)], None
-    findings = []
+    findings = _mode_findings(path, *pixel_format(path, max_pixels))
     width, height = image.size
     short, long = min(width, height), max(width, height)
     if short < min_side:
@@ -107,7 +118,24 @@ def check_image(path: Path, min_side: int, max_ratio: float, max_pixels: int) ->
         findings.append(Finding("warning", "extreme-aspect", path.name,
                                 f"{width}x{height} is {long / short:.1f}:1, beyond {max_ratio:g}:1; fitted to "
                                 f"512 px it is only {max(1, round(512 * short / long))} px across"))
+    pixels = np.asarray(image.convert("L").resize((64, 64)), dtype=np.float32)
+    if float(pixels.std()) < FLAT_SPREAD:
+        findings.append(Finding("warning", "single-colour", path.name,
+                                "one flat colour: nothing for the embedding to learn from it"))
+        return findings, None  # its hash matches every other flat image: not a duplicate check
     return findings, int(str(imagehash.phash(image)), 16)
+
+
+def _mode_findings(path: Path, mode: str, had_alpha: bool) -> list[Finding]:
+    """Unusual but valid pixel formats: they train correctly, but say what training sees."""
+    found = []
+    if mode in CONVERTED_MODES:
+        found.append(Finding("warning", "converted-mode", path.name,
+                             f"{CONVERTED_MODES[mode]} for training; other tools may show its colours differently"))
+    if had_alpha:
+        found.append(Finding("warning", "transparency", path.name,
+                             "has transparency; transparent pixels train as white (as the WD1.4 tagger sees them)"))
+    return found
 
 
 def check_caption(image: Path, embedding_name: str | None = None) -> list[Finding]:
@@ -120,8 +148,15 @@ def check_caption(image: Path, embedding_name: str | None = None) -> list[Findin
     if text is None:
         return [Finding("warning", "caption-missing", image.name,
                         f"no caption {name}; the image trains on the template alone")]
+    if "\0" in text:
+        return [Finding("error", "caption-nul", name, f"contains {text.count(chr(0))} NUL byte(s), a sign of a "
+                        "binary or UTF-16 file; re-save it as plain UTF-8 text")]
     if not split_tags(text):
         return [Finding("warning", "caption-empty", name, "caption has no tags")]
+    words = len(text.split())
+    if words > MAX_CAPTION_WORDS:
+        return [Finding("warning", "caption-long", name, f"{words} words, over {MAX_CAPTION_WORDS}; the name "
+                        "drowns in it (captions are tags, e.g. 20-60 from the WD1.4 tagger); shorten it")]
     if embedding_name and name_pattern(embedding_name.strip()).search(text):
         return [Finding("error", "name-in-caption", name,
                         f"contains the embedding name {embedding_name!r}; remove it, or the name will mean "

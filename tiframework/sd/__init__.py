@@ -3,6 +3,7 @@
 - `models`: `SDParts` and loading (diffusers folder, single `.safetensors`/`.ckpt`, presets);
 - `tokenizer`: SD's CLIP tokenizer, built offline; `text`: prompt encoding with the
   embedding spliced in (A1111's 75-token chunks, clip skip);
+- `embedding_paths`: embedding file names and suffixes, checked without torch;
 - `embeddings`: the `Embedding`, creation from init text, and the A1111 / diffusers files;
 - `generate`: images from prompts with an embedding (previews and evaluation);
 - `names`: what an embedding name may be, and where it sits in a prompt;

@@ -34,6 +34,7 @@ from safetensors.torch import save
 from tiframework.config import EmbeddingConfig, EmbeddingFormat
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_path
+from tiframework.sd.embedding_paths import check_embedding_path
 from tiframework.sd.names import check_name_text, name_pattern, tokenizer_view
 from tiframework.sd.pngembed import is_png, read_png_embedding
 from tiframework.sd.text import prompt_token_ids
@@ -301,8 +302,7 @@ def load_embedding(path: str | Path, expected_width: int | None = None, finite: 
     """Read any supported embedding file (A1111 .pt/.safetensors/.png, diffusers); check its
     width against the model's when given. `finite=False` lets `inspect` show NaN vectors."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: embedding file not found")
+    check_embedding_path(path)
     kind = _sniff(path)
     if kind == "safetensors":
         emb = _from_tensor_dict(path, *_read_safetensors(path), finite=finite)

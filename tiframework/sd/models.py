@@ -84,12 +84,17 @@ class SDParts:
     @property
     def checkpoint_hash(self) -> str | None:
         """A1111's short hash (first 10 hex digits of the file's sha256), for `sd_checkpoint`."""
+        full = self.file_sha256()
+        return full[:10] if full else None
+
+    def file_sha256(self) -> str | None:
+        """The model file's sha256 (None for a folder or a preset); read once, it can be GBs."""
         if self._hash is None and os.path.isfile(self.source):
             digest = hashlib.sha256()
             with open(self.source, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            self._hash = digest.hexdigest()[:10]
+            self._hash = digest.hexdigest()
         return self._hash
 
     def frozen_modules(self) -> list[torch.nn.Module]:

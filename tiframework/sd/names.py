@@ -23,6 +23,7 @@ MAX_NAME_BYTES = 100
 ALLOWED_PUNCTUATION = "._-"
 RULE = "use letters, digits, '_', '-' and '.' (a name is also a file name and a prompt word)"
 _NAMED = {",": "a comma: captions are split at commas", " ": "a space: the name would be two prompt words",
+          "\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\0": "a NUL byte",
           "/": "a path separator", "\\": "a path separator", ":": "not allowed in file names on Windows"}
 
 

@@ -7,9 +7,13 @@
     previews/      `step-<step>-<k>.png`, `strip-<k>.png`
     eval_images/   `step-<step>.png`: each evaluation's held-out `[name]` images, one row, small
     history/       what a resume or a re-evaluation replaced, one dated folder each
+    provenance.json  where the run came from: code version, packages, device, command, data and model hashes
+    .lock          held (fcntl) by the one process writing the folder
 
 Every file is written atomically or appended row by row and flushed, so a crash leaves
-whole files behind. Nothing is deleted: a resume cuts the curves back to its step and
+whole files behind. A folder is written by one run only: a new run claims its folder by
+creating it (an existing run id is refused, or moved aside with `fresh`) and holds its lock
+until it ends; a resume holds the lock of the folder it continues. Nothing is deleted: a resume cuts the curves back to its step and
 moves what lay beyond into `history/`, and `tiframework eval` keeps the results it
 replaces there too.
 """
@@ -27,6 +31,7 @@ from typing import IO, Any
 from tiframework.config import ExperimentConfig, save_config
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_path, atomic_write_text
+from tiframework.tracking.runlock import RunLock
 
 
 class RunFolder:
@@ -38,19 +43,35 @@ class RunFolder:
         self.path = Path(path)
         self._metrics: IO[str] | None = None
         self._metrics_writer: Any = None
+        self._lock: RunLock | None = None
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig) -> RunFolder:
-        """`<runs_dir>/<experiment>/<run_id or timestamp>/` with its sub-folders; the config saved."""
-        root = Path(cfg.logging.runs_dir) / (cfg.logging.experiment or "default")
+    def create(cls, cfg: ExperimentConfig, fresh: bool = False) -> RunFolder:
+        """`<runs_dir>/<experiment>/<run_id or timestamp>/`, claimed (created by this run, never an
+        existing one) and locked, with its sub-folders; the config saved. `fresh`: an existing
+        `logging.run_id` folder is moved aside first (`move_aside`) instead of refused."""
+        root = runs_root(cfg)
+        check_folder_place(root)
         if cfg.logging.run_id:
             run = root / cfg.logging.run_id
+            if fresh and run.exists():
+                RunLock(run).probe()
+                move_aside(run)
+            try:
+                run.mkdir(parents=True)
+            except FileExistsError:
+                raise UserError(taken_message(run)) from None
         else:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             run, n = root / stamp, 1
-            while run.exists():
+            while not _claimed(run):
                 run, n = root / f"{stamp}-{n}", n + 1
-        return cls(run).prepare(cfg)
+        return cls(run).locked().prepare(cfg)
+
+    def locked(self) -> RunFolder:
+        """Hold this folder's lock until `close()`; a second process gets a one-line error."""
+        self._lock = self._lock or RunLock(self.path).acquire()
+        return self
 
     def prepare(self, cfg: ExperimentConfig) -> RunFolder:
         for sub in (self.embeddings, self.previews):
@@ -142,6 +163,17 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_file, json.dumps(summary, indent=2) + "\n")
 
+    @property
+    def provenance_file(self) -> Path:
+        return self.path / "provenance.json"
+
+    def write_provenance(self, provenance: dict[str, Any]) -> None:
+        """provenance.json (`tracking.provenance`); a resume keeps the one it replaces (`cut_back`)."""
+        atomic_write_text(self.provenance_file, json.dumps(provenance, indent=2) + "\n")
+
+    def read_provenance(self) -> dict[str, Any]:
+        return json.loads(self.provenance_file.read_text()) if self.provenance_file.is_file() else {}
+
     def checkpoints(self, name: str) -> list[tuple[int, Path]]:
         """`embeddings/<name>-<step>.pt` files of the run, by step."""
         found = []
@@ -160,7 +192,7 @@ class RunFolder:
     def cut_back(self, step: int, name: str) -> tuple[Path, list[dict[str, float]]]:
         """Make the run folder read as if it had stopped at `step`, losing nothing.
 
-        The config, metrics, eval table and summary are copied to `history/<time>-resumed-at-<step>/`;
+        The config, metrics, eval table, summary and provenance are copied to `history/<time>-resumed-at-<step>/`;
         metrics and eval rows past `step` are dropped; checkpoints and previews past `step` move
         into that folder (strips too: they are rebuilt from the previews kept); half-written
         temporary files of a killed run are removed. Returns the history folder and the eval
@@ -168,7 +200,7 @@ class RunFolder:
         """
         history = self.history_dir(f"resumed-at-{step}")
         for file in (self.config_file, self.path / "metrics.csv", self.eval_file, self.per_image_file,
-                     self.summary_file):
+                     self.summary_file, self.provenance_file):
             if file.is_file():
                 shutil.copy2(file, history / file.name)
         _keep_rows(self.path / "metrics.csv", step)
@@ -220,6 +252,60 @@ class RunFolder:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def runs_root(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.logging.runs_dir) / (cfg.logging.experiment or "default")
+
+
+def taken_message(run: Path) -> str:
+    return (f"{run}: this run id is taken by an earlier run, which is never overwritten; continue it with "
+            f"resume={run}, choose a new logging.run_id, or pass --fresh to move the old run aside "
+            f"(to .{run.name}.replaced-<time>)")
+
+
+def check_folder_place(path: Path) -> None:
+    """A file where a run folder (or one above it) should be is one clear line, not a traceback."""
+    for folder in [path, *path.parents]:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise UserError(f"{folder}: is a file, not a folder, so no run folder can be made under it; "
+                                "move the file away or set logging.runs_dir to a folder")
+            return
+
+
+def check_run_target(cfg: ExperimentConfig, continuing: Path | None, fresh: bool) -> None:
+    """Before anything loads: the folder this run will write is free (see `RunFolder.create`)."""
+    check_folder_place(runs_root(cfg))
+    wanted = RunFolder.requested(cfg)
+    if continuing is not None and wanted in (None, continuing):
+        RunLock(continuing).probe()
+    elif wanted is not None and wanted.exists():
+        if not fresh:
+            raise UserError(taken_message(wanted))
+        RunLock(wanted).probe()
+
+
+def move_aside(run: Path) -> Path:
+    """Hide an earlier run as `.<id>.replaced-<time>` beside it (reports skip hidden folders)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    old, n = run.with_name(f".{run.name}.replaced-{stamp}"), 1
+    while old.exists():
+        old, n = run.with_name(f".{run.name}.replaced-{stamp}-{n}"), n + 1
+    run.rename(old)
+    return old
+
+
+def _claimed(run: Path) -> bool:
+    """Create `run`; False when it exists (another run of the same second took it first)."""
+    try:
+        run.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -39,9 +39,12 @@ def run_name(cfg: ExperimentConfig, run_dir: Path) -> str:
     return f"{cfg.logging.experiment}/{cfg.logging.run_id or run_dir.name}"
 
 
-def run_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The full config, plus top-level `seed` (and `arm`) so dashboards can group by them."""
+def run_config(cfg: ExperimentConfig, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full config, plus top-level `seed` (and `arm`) so dashboards can group by them, and the
+    run's provenance (code version, packages, data and model hashes) under `provenance`."""
     out = cfg.model_dump(mode="json") | {"seed": cfg.training.seed}
+    if provenance is not None:
+        out["provenance"] = provenance
     if cfg.logging.arm is not None:
         out["arm"] = cfg.logging.arm
     return out
@@ -57,8 +60,8 @@ def run_tags(cfg: ExperimentConfig) -> list[str]:
 class Tracker:
     """One run's W&B logger; `logger` is handed to Lightning for the per-step scalars."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, provenance: dict[str, Any] | None = None):
+        self.cfg, self.run_dir, self.provenance = cfg, run_dir, provenance
         self._by_step: set[str] = set()
         self.logger: WandbLogger | None = self._make_logger() if cfg.logging.wandb else None
 
@@ -71,7 +74,7 @@ class Tracker:
         logger = WandbLogger(
             project=project, name=run_name(self.cfg, self.run_dir), save_dir=str(self.run_dir),
             group=c.wandb_group or c.experiment, tags=run_tags(self.cfg), job_type=c.wandb_job_type,
-            config=run_config(self.cfg), mode=mode, offline=mode in OFFLINE_MODES,
+            config=run_config(self.cfg, self.provenance), mode=mode, offline=mode in OFFLINE_MODES,
         )
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns on every run
         # Started here, not by Lightning: its logger would reuse a run already in progress,

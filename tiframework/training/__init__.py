@@ -1,6 +1,8 @@
 """Training embeddings: one run (`train`), or many through one frozen model (`population/`).
 
 - `train`: `train(cfg)`, one run start to finish; the CLI, sweeps and tests call it;
+- `preflight`: the checks a config passes before any model loads;
+- `interrupt`: Ctrl-C / SIGTERM finish the step, save, and say how to resume;
 - `module`: the LightningModule of one run;
 - `loss`: the training loss (noise, timesteps, target, distance), shared with `population/`;
 - `schedules`: A1111's LR schedule string, cosine restarts, the one rate-at-step rule;

@@ -19,28 +19,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from tiframework.config import ExperimentConfig
-from tiframework.data.dataset import (
-    CaptionedLatents,
-    Item,
-    StreamSampler,
-    collate,
-    read_templates,
-    scan_folder,
-)
+from tiframework.data.dataset import CaptionedLatents, Item, StreamSampler, collate, scan_folder
 from tiframework.data.latents import Latents, encode_latents
 from tiframework.data.sources import resolve_data_path
-from tiframework.errors import UserError
+from tiframework.data.templates import read_templates
+from tiframework.errors import RunInterrupted, UserError
 from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.evaluation.summary import eval_settings
 from tiframework.sd.embeddings import check_name, create, load_embedding
-from tiframework.sd.models import SDParts, load_model
-from tiframework.sd.names import check_name_text
+from tiframework.sd.models import TOYWORLD_DIR, SDParts, load_model
 from tiframework.sd.optimizer_state import load_optimizer_state
 from tiframework.sd.runtime import Runtime, detect_machine, resolve_runtime
+from tiframework.tracking import provenance
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training import callbacks as cb
+from tiframework.training.interrupt import INTERRUPTED, StopOnSignal, interrupted_message
 from tiframework.training.module import TextualInversionModule
+from tiframework.training.preflight import model_line, preflight, resume_file
 from tiframework.training.previews import rebuild_strips
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import a1111_extra_step, parse_schedule, training_steps
@@ -54,14 +50,6 @@ class Start:
     step: int
     optimizer_state: dict | None
     source: Path | None = None  # the embedding file a resumed run continues from
-
-
-def resume_file(cfg: ExperimentConfig) -> Path:
-    """`resume=` as a file: an embedding file, or a run folder's latest checkpoint."""
-    path = Path(cfg.resume or "").expanduser()
-    if path.is_dir() and (path / "config.yaml").is_file():
-        return RunFolder(path).latest_checkpoint(cfg.embedding.name)
-    return path
 
 
 def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, str | None]) -> Start:
@@ -89,18 +77,19 @@ def continued_folder(cfg: ExperimentConfig, start: Start) -> Path | None:
     return None if own is None or (wanted is not None and wanted != own) else own
 
 
-def open_run_folder(cfg: ExperimentConfig, start: Start) -> tuple[RunFolder, list[dict[str, float]]]:
-    """Where the run writes, and the eval rows it keeps.
+def open_run_folder(cfg: ExperimentConfig, start: Start, fresh: bool = False) -> tuple[RunFolder, list[dict[str, float]]]:
+    """Where the run writes (locked for the run's life), and the eval rows it keeps.
 
     A resumed run continues in the run folder its file was saved in, cut back to the
     resumed step (`RunFolder.cut_back`), so each run has one whole curve; with
     `logging.run_id` naming another folder it starts that one, and `summary.json`
-    records where it came from.
+    records where it came from. An existing folder is never started again (see
+    `RunFolder.create`; `fresh` moves it aside).
     """
     own = continued_folder(cfg, start)
     if own is None:
-        return RunFolder.create(cfg), []
-    folder = RunFolder(own)
+        return RunFolder.create(cfg, fresh=fresh), []
+    folder = RunFolder(own).locked()
     history, kept = folder.cut_back(start.step, cfg.embedding.name)
     rebuild_strips(folder.previews)
     log.info("continuing %s from step %d (what lay beyond it is kept in %s)", own, start.step, history)
@@ -201,12 +190,12 @@ def run_summary(folder: RunFolder, final: Path, final_step: int, final_loss: flo
 
 
 def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, watchers: Watchers,
-            skipped: list[str], runtime: Runtime, start: Start) -> tuple[dict[str, Any], Path]:
+            skipped: list[str], runtime: Runtime, start: Start, signal_name: str | None) -> tuple[dict[str, Any], Path]:
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
     final = watchers.saver.save_final(module.vectors, cb.optimizer_of(module), final_step, cfg.embedding.name)
-    stopped = watchers.guard.stop_reason
+    stopped = watchers.guard.stop_reason or (INTERRUPTED if signal_name else None)
     if module.nonfinite_step is not None:
         stopped = f"non-finite loss at step {module.nonfinite_step}"
         log.error("training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
@@ -217,25 +206,54 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     return summary, final
 
 
+def _fit(trainer: pl.Trainer, module: TextualInversionModule, loader: DataLoader, stop: StopOnSignal,
+         folder: RunFolder, name: str) -> None:
+    """`trainer.fit`, with Ctrl-C / SIGTERM turned into a stop at the end of the current step."""
+    with stop, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
+        try:
+            trainer.fit(module, train_dataloaders=loader)
+        except SystemExit:
+            # Lightning answers a KeyboardInterrupt (a second Ctrl-C) with sys.exit(1): say what is kept.
+            if stop.received is None:
+                raise
+            saved = folder.checkpoints(name)
+            step, path = saved[-1] if saved else (None, None)
+            raise RunInterrupted(interrupted_message(stop.received, folder.path, path, step)) from None
+
+
+def run_provenance(cfg: ExperimentConfig, parts: SDParts, data_dir: Path, runtime: Runtime) -> dict[str, Any]:
+    """provenance.json: code, packages, device, command line, dataset and model hashes."""
+    preset_dir = TOYWORLD_DIR if parts.source == "preset:toyworld" else None
+    model = provenance.model_hash(parts.source, parts.file_sha256(), preset_dir)
+    return provenance.collect(cfg, data_dir, f"{runtime.device} ({runtime.device_name})", model)
+
+
+def planned_steps(cfg: ExperimentConfig) -> int:
+    """The step training ends at (the schedule's end or max_steps); notes where A1111 would differ."""
+    extra = (a1111_extra_step(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
+             if cfg.training.lr_scheduler == "a1111" else None)
+    if extra is not None:
+        log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
+                 "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
+    return training_steps(cfg.training)
+
+
 def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
-          on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+          on_eval: Callable[[dict[str, float]], None] | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train one embedding as `cfg` says; return the summary written to `summary.json`.
 
     `parts`: already-loaded frozen parts to reuse (a sweep worker loads them once).
     `on_eval`: called with each evaluation row (`{"step": ..., "eval/clip_fidelity": ...}`)
     right after it is written; an exception it raises (e.g. `optuna.TrialPruned`) ends
     the run, with the W&B run still finished.
+    `fresh`: an existing `logging.run_id` folder is moved aside instead of refused.
+    Ctrl-C / SIGTERM: the current step is saved, then `RunInterrupted` (see `interrupt`).
     """
-    if not cfg.data.path:
-        raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
-    read_templates(cfg.data)  # bad templates fail before the model loads
-    check_name_text(cfg.embedding.name, "embedding.name")  # so does a bad name (the vocabulary check needs it)
-    total = training_steps(cfg.training)
-    extra = (a1111_extra_step(parse_schedule(cfg.training.learning_rate), cfg.training.max_steps)
-             if cfg.training.lr_scheduler == "a1111" else None)
-    if extra is not None:
-        log.info("training.learning_rate: an entry ends at max_steps (%d) and another follows; A1111 would "
-                 "train one more step at %g, tiframework stops at max_steps", cfg.training.max_steps, extra)
+    preflight(cfg, fresh)  # everything that needs no model: bad input fails in well under a second
+    log.info(model_line(cfg))
+    total = planned_steps(cfg)
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
@@ -245,10 +263,12 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
                         "raise training.max_steps or extend training.learning_rate")
     evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
+    origin = run_provenance(cfg, parts, data_dir, runtime)
 
-    folder, kept_eval = open_run_folder(cfg, start)
-    tracker = Tracker(cfg, folder.path)
+    folder, kept_eval = open_run_folder(cfg, start, fresh)
+    tracker = Tracker(cfg, folder.path, provenance=origin)
     try:
+        folder.write_provenance(origin)
         parts.prepare(runtime)
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
         if runtime.offload_vae:
@@ -256,21 +276,24 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
                                         compile_unet=runtime.compile)
+        stop = StopOnSignal()
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
-                              extra_callbacks or [])
+                              [*(extra_callbacks or []), stop])
         if watchers.evaluation is not None and kept_eval:
             watchers.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings,
                                                cfg.embedding.name)
         trainer = _trainer(cfg, runtime, total - start.step, watchers.all, tracker)
         torch.manual_seed(cfg.training.seed)
         log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
-            trainer.fit(module, train_dataloaders=loader)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime, start)
+        _fit(trainer, module, loader, stop, folder, cfg.embedding.name)
+        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime, start,
+                                 stop.received)
         tracker.finish(summary, final)
         folder.write_summary(summary)
+        if stop.received:
+            saved = folder.embeddings / f"{cfg.embedding.name}-{summary['final_step']}.pt"
+            raise RunInterrupted(interrupted_message(stop.received, folder.path, saved, summary["final_step"]),
+                                 summary)
         return summary
     finally:
         tracker.close()

@@ -6,12 +6,16 @@ Runs are grouped into arms by config keys (`--by`) or by the arm a sweep recorde
 (`logging.arm`). Runs of one arm that differ in any other setting that changes results
 are never pooled: that is an error naming the keys. Arms that differ in more than the
 keys that define them are compared, and the report names those keys as confounders.
+Each run's `provenance.json` is read too: runs of one arm trained on different data (dataset
+hash) are never pooled, and arms that ran different code (version, commit, dirty flag) are
+compared with a warning, the code version named as a confounder.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +33,7 @@ from tiframework.yamltree import flatten
 # resumed run repeats the uninterrupted one), and the diagnostics' warning thresholds.
 NOT_RESULT_KEYS = ("logging.", "training.seed", "training.save_every", "data.cache_dir", "data.num_workers",
                    "preview.", "resume", "eval.verdict_after", "eval.verdict_margin", "eval.fried_threshold")
+log = logging.getLogger(__name__)
 SKIP_DIRS = {"embeddings", "previews", "eval_images", "wandb", "report", "compare"}
 
 
@@ -59,6 +64,7 @@ class Run:
     rows: list[dict[str, float]]
     summary: dict[str, Any]
     arm: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)  # {} for runs made before it was written
 
     @cached_property
     def flat(self) -> dict[str, Any]:
@@ -89,9 +95,10 @@ def read_run(path: Path) -> Run:
         config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
         rows = read_eval_csv(path / "eval.csv")
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+        origin = json.loads((path / "provenance.json").read_text()) if (path / "provenance.json").is_file() else {}
     except (OSError, yaml.YAMLError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable run folder ({exc}); remove it from the targets") from None
-    return Run(path, config, rows, summary)
+    return Run(path, config, rows, summary, provenance=origin)
 
 
 def find_run_dirs(folder: Path) -> list[Path]:
@@ -213,4 +220,29 @@ def check_pooling(arms: list[Arm], defining: set[str]) -> dict[str, dict[str, An
         raise UserError("runs of one arm differ in settings that change results, so they cannot be pooled:\n  "
                         + "\n  ".join(lines) + "\nadd --by KEY for each key (one arm per value), or compare "
                         "fewer run folders")
-    return between
+    return between | check_provenance(arms)
+
+
+def code_version(run: Run) -> str:
+    code = run.provenance.get("code") or {}
+    if not code:
+        return "not recorded"
+    commit = (code.get("git_commit") or "no git")[:10] + ("+dirty" if code.get("git_dirty") else "")
+    return f"{code.get('tiframework')} @ {commit}"
+
+
+def check_provenance(arms: list[Arm]) -> dict[str, dict[str, Any]]:
+    """Refuse an arm whose runs trained on different data (dataset content hash); when the arms
+    ran different code, warn and return it as a confounder (`{"code version": {arm: versions}}`)."""
+    for arm in arms:
+        hashes = {str(run.path): (run.provenance.get("dataset") or {}).get("hash") for run in arm.runs}
+        if len(set(hashes.values()) - {None}) > 1:
+            shown = "; ".join(f"{path}: {h}" for path, h in hashes.items() if h)
+            raise UserError(f"arm {arm.name}: its runs trained on different data (dataset hashes differ: {shown}), "
+                            "so they cannot be pooled; compare runs of one dataset, or make the data an arm")
+    versions = {arm.name: ", ".join(sorted({code_version(run) for run in arm.runs})) for arm in arms if arm.runs}
+    if len(set(versions.values())) > 1:
+        log.warning("the arms ran different code (%s): a difference may come from the code, not the settings",
+                    "; ".join(f"{a}: {v}" for a, v in versions.items()))
+        return {"code version": versions}
+    return {}

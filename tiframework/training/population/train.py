@@ -30,7 +30,6 @@ import torch
 from tiframework.config import ExperimentConfig
 from tiframework.data.dataset import (
     Item,
-    read_templates,
     scan_folder,
 )
 from tiframework.data.latents import Latents, encode_latents
@@ -51,6 +50,7 @@ from tiframework.training.population.outputs import (
     MemberSummary,
     PopulationProgress,
 )
+from tiframework.training.preflight import preflight
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import training_steps
 from tiframework.training.train import (
@@ -58,6 +58,7 @@ from tiframework.training.train import (
     continued_folder,
     default_preview_prompts,
     open_run_folder,
+    run_provenance,
     run_runtime,
     starting_point,
     stream_loader,
@@ -118,9 +119,7 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
     """Everything that can fail on a member's input, before any run folder exists (its
     evaluator too: prompts, CLIP weights, reference art)."""
     try:
-        if not cfg.data.path:
-            raise UserError("data.path: no dataset given; set data.path to a folder of images with .txt captions")
-        read_templates(cfg.data)
+        preflight(cfg)  # as a solo run: data, templates, name, schedule, and a run folder free to write
         total = training_steps(cfg.training)
         data_dir = resolve_data_path(cfg.data.path, "data.path")
         items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
@@ -150,9 +149,11 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
     cfg = plan.cfg
     latents = latents or member_latents(plan, parts)
     loader = stream_loader(cfg, latents, plan.start.step, plan.total)
+    origin = run_provenance(cfg, parts, resolve_data_path(cfg.data.path or "", "data.path"), plan.runtime)
     folder, kept_eval = open_run_folder(cfg, plan.start)
     try:
-        tracker = Tracker(cfg, folder.path)
+        folder.write_provenance(origin)
+        tracker = Tracker(cfg, folder.path, provenance=origin)
     except BaseException:
         folder.close()
         raise
