@@ -12,9 +12,10 @@ real embeddings on the committed toy world and put them through the user-facing 
 - kiri trained on pruned vs unpruned captions, the guide's claim and
   `sweeps/pruned_vs_unpruned.yaml`'s question: with her traits pruned, `[name]` alone draws
   them more often. A small effect (about +0.03 to +0.08 in attribute accuracy at 120 steps),
-  so it takes the shipped sweep's design, 16 matched seeds per arm scored on 32 images each
-  (at 8 seeds compare found the right sign at Holm-adjusted p = 0.08): the test scores only
-  the start and the end, without flexibility prompts or a tagger.
+  so it takes matched seeds scored on 32 images each; 12 seeds per arm is the smallest that
+  still detects it (measured on the same runs: compare over seeds 0..n-1 gives Holm p 0.008
+  at 16 seeds, 0.015 at 12, 0.027 at 11, 0.064 at 10, 0.083 at 8): the test scores only the
+  start and the end, without flexibility prompts or a tagger.
 
 Each fixture trains its runs once for the module, as one population (`train_population`,
 each member as if trained alone). Training is seeded and deterministic on one CPU thread
@@ -37,6 +38,7 @@ WEIGHTS = ROOT / "tiframework" / "toyworld" / "weights"
 needs_toy_weights = pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
 FAST, SLOW = "0.02", "0.001"  # the quickstart's learning rate, and one 20 times smaller
 PRUNED, UNPRUNED = "toyworld:kiri?pruned=1", "toyworld:kiri"
+PRUNING_SEEDS = 12  # the smallest design that detects the pruning effect (module docstring)
 
 
 def kiri(runs_dir: Path, steps: int = 40, images: int = 16) -> list[str]:
@@ -135,28 +137,28 @@ def test_a_known_difference_is_detected_with_its_sign(kiri_runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def pruning_runs(tmp_path_factory) -> Path:
-    """Pruned and unpruned captions x seeds 0-15, 120 steps (the shipped sweep's budget), 32
+    """Pruned and unpruned captions x seeds 0-11, 120 steps (the shipped sweep's budget), 32
     eval images per run, in one population; run folders `<arm>-seed-<s>`."""
     runs = tmp_path_factory.mktemp("pruning") / "runs"
     train([[*kiri(runs, steps=120, images=32), f"data.path={path}", f"training.seed={seed}",
             "logging.experiment=pruning", f"logging.run_id={arm}-seed-{seed}"]
-           for seed in range(16) for arm, path in (("pruned", PRUNED), ("unpruned", UNPRUNED))], runs)
+           for seed in range(PRUNING_SEEDS) for arm, path in (("pruned", PRUNED), ("unpruned", UNPRUNED))], runs)
     return runs
 
 
 @pytest.mark.slow
 @needs_toy_weights
 def test_pruned_captions_make_the_traits_appear_unprompted(pruning_runs, tmp_path):
-    """Pruned vs unpruned captions, 16 matched seeds, arms formed by `--by data.path`: compare
+    """Pruned vs unpruned captions, 12 matched seeds, arms formed by `--by data.path`: compare
     pairs the seeds and finds that `[name]` alone shows more of kiri's traits after training
     on pruned captions, significant after Holm over every test in the report.
 
-    Measured: +0.034 [0.013, 0.054], Holm p 0.01 over this report's 7 tests (the shipped
-    sweep's runs give the same final scores).
+    Measured: +0.042 [0.017, 0.066], Holm p 0.015 over this report's tested rows (the shipped
+    sweep's runs give the same final scores; its 16 seeds: +0.034, Holm p 0.008).
 
     Could fail if: compare formed or paired the arms wrongly, lost the sign of the difference
-    or corrected too much; or, with the probability the design leaves (about 10% at the
-    effect's lower estimate; the numbers are fixed by the seeds, so a failure would repeat on
+    or corrected too much; or, with the probability the design leaves (higher at 12 seeds
+    than at 16; the numbers are fixed by the seeds, so a failure would repeat on
     the same software and should be looked at, not re-rolled)."""
     result = compare([pruning_runs], "data.path", tmp_path / "cmp")
-    assert_better_at_the_end(result, f"path={PRUNED}", f"path={UNPRUNED}", 16)
+    assert_better_at_the_end(result, f"path={PRUNED}", f"path={UNPRUNED}", PRUNING_SEEDS)
