@@ -51,6 +51,7 @@ from tiframework.training.population_outputs import (
     MemberSummary,
     PopulationProgress,
 )
+from tiframework.training.regularise import NormControl, VectorEMA, Vocabulary, token_rows
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import training_steps
 from tiframework.training.train import (
@@ -167,9 +168,13 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
                                        stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=plan.total)
         if kept_eval:
             out.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings, cfg.embedding.name)
-    return Member(index=plan.index, cfg=cfg, vectors=torch.nn.Parameter(plan.start.vectors.detach().clone().float()),
-                  start_step=plan.start.step, end_step=plan.total, loader=loader, folder=folder, outputs=out,
-                  optimizer_state=plan.start.optimizer_state, skipped=plan.skipped + latents.skipped)
+    vectors = torch.nn.Parameter(plan.start.vectors.detach().clone().float())
+    init = plan.start.init if plan.start.init is not None else plan.start.vectors
+    return Member(index=plan.index, cfg=cfg, vectors=vectors, start_step=plan.start.step, end_step=plan.total,
+                  loader=loader, folder=folder, outputs=out, optimizer_state=plan.start.optimizer_state,
+                  skipped=plan.skipped + latents.skipped,
+                  norm_control=NormControl(cfg.embedding, init.detach().float().clone(), Vocabulary.of(token_rows(parts))),
+                  ema=VectorEMA(cfg.training, vectors))
 
 
 def _trainer(accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:

@@ -54,6 +54,7 @@ class Start:
     step: int
     optimizer_state: dict | None
     source: Path | None = None  # the embedding file a resumed run continues from
+    init: torch.Tensor | None = None  # (VPT, width): the init vectors, norm control's reference
 
 
 def resume_file(cfg: ExperimentConfig) -> Path:
@@ -68,7 +69,8 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
     """A new embedding from the init text, or the stored one when resuming; either way the
     name passes the same checks (characters, length, vocabulary, the captions)."""
     if not cfg.resume:
-        return Start(create(cfg.embedding, parts, captions).vectors, 0, None)
+        init = create(cfg.embedding, parts, captions, seed=cfg.training.seed).vectors
+        return Start(init, 0, None, init=init)
     name = check_name(cfg.embedding.name, parts.tokenizer, captions, what="embedding.name")
     path = resume_file(cfg)
     emb = load_embedding(path, expected_width=parts.width)
@@ -79,7 +81,8 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
     if emb.name not in (name, f"{name}-{emb.step}"):
         log.warning("%s: saved as %r; training continues it as embedding.name %r", path, emb.name, name)
     state = load_optimizer_state(path, emb.vectors, emb.step)
-    return Start(emb.vectors, emb.step, state, path)
+    init = create(cfg.embedding, parts, seed=cfg.training.seed).vectors  # norm control and telemetry compare to it
+    return Start(emb.vectors, emb.step, state, path, init)
 
 
 def continued_folder(cfg: ExperimentConfig, start: Start) -> Path | None:
@@ -160,7 +163,7 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
                 on_eval(row)
 
         def keep(module: TextualInversionModule, step: int) -> Path:
-            return saver.keep(module.vectors, cb.optimizer_of(module), step, cfg.embedding.name)
+            return saver.keep(module.output, cb.optimizer_of(module), step, cfg.embedding.name)
 
         evaluation = cb.EvalCallback(evaluator, folder, sink, keep=keep,
                                      stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=total)
@@ -205,7 +208,7 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
-    final = watchers.saver.save_final(module.vectors, cb.optimizer_of(module), final_step, cfg.embedding.name)
+    final = watchers.saver.save_final(module.output, cb.optimizer_of(module), final_step, cfg.embedding.name)
     stopped = watchers.guard.stop_reason
     if module.nonfinite_step is not None:
         stopped = f"non-finite loss at step {module.nonfinite_step}"
@@ -255,7 +258,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             parts.offload_vae()  # back on the GPU only to decode previews and eval images
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
-                                        compile_unet=runtime.compile)
+                                        compile_unet=runtime.compile, init=start.init)
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
                               extra_callbacks or [])
         if watchers.evaluation is not None and kept_eval:
