@@ -63,6 +63,12 @@ from tiframework.training.train import (
     starting_point,
     stream_loader,
 )
+from tiframework.training.validation import (
+    MemberValidation,
+    ValidationRecord,
+    ValidationSet,
+    training_and_held_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,7 @@ class Plan:
     total: int
     runtime: Runtime
     evaluator: Evaluator | None = None
+    held_out: list[Item] | None = None  # its validation images (`validation.*`)
 
 
 def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
@@ -124,7 +131,9 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         read_templates(cfg.data)
         total = training_steps(cfg.training)
         data_dir = resolve_data_path(cfg.data.path, "data.path")
-        items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
+        bucket_step = cfg.data.bucket_step or parts.bucket_step
+        items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+        items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
         start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
         if start.step >= total:
             raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
@@ -133,7 +142,7 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
     except UserError as exc:
         raise UserError(f"{member_label(index, cfg)}: {exc}") from None
-    return Plan(index, cfg, items, skipped, start, total, runtime, evaluator)
+    return Plan(index, cfg, items, skipped + held_skipped, start, total, runtime, evaluator, held_out)
 
 
 def member_latents(plan: Plan, parts: SDParts) -> Latents:
@@ -177,6 +186,11 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
                   ema=VectorEMA(cfg.training, vectors))
 
 
+def outputs_tracker_log(member: Member):
+    """Where a member's validation rows go in W&B: its own run."""
+    return member.outputs.tracker.log_eval
+
+
 def _trainer(accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
     # max_steps=-1: the population ends when its last member leaves, not at a global step count.
     return pl.Trainer(accelerator=accelerator, devices=1, precision="32-true", max_epochs=1, max_steps=-1,
@@ -204,6 +218,8 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
     runtime = plans[0].runtime
     parts.prepare(runtime)
     encoded = [member_latents(plan, parts) for plan in plans]  # can still fail: no run folder exists yet
+    held = {p.index: ValidationSet.build(p.cfg, encode_latents(p.held_out, parts.vae, p.cfg.data.cache_dir, False))
+            for p in plans if p.held_out}
     if runtime.offload_vae:
         parts.offload_vae()  # back on the GPU only to decode previews and eval images
     accelerator = "gpu" if runtime.device == "cuda" else "cpu"
@@ -217,8 +233,12 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
                                   max_samples=max_samples, compile_unet=runtime.compile)
         # In this order at each step, as a solo run's callbacks: metrics, saves, previews, evaluation;
         # on leaving: the last evaluation, then the final files and summary, then the caller's callbacks.
-        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberEvaluation(max_eval_images),
-                                    MemberSummary(), *(callbacks or [])]
+        records = {m.index: ValidationRecord(m.folder.path, outputs_tracker_log(m)) for m in members
+                   if m.index in held}
+        for m in members:
+            m.outputs.validation = records.get(m.index)
+        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberValidation(held, records),
+                                    MemberEvaluation(max_eval_images), MemberSummary(), *(callbacks or [])]
         if any(c.logging.progress_bar for c in cfgs):
             found.append(PopulationProgress())
         trainer = _trainer(accelerator, found)

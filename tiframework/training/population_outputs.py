@@ -42,6 +42,7 @@ class MemberOutputs:
     previews: PreviewWriter | None = None
     evaluator: Evaluator | None = None
     evaluation: RunEvaluation | None = None
+    validation: Any = None  # its `validation.ValidationRecord`, when validation is on
 
     def close(self) -> None:
         """Finish its W&B run and close its files (also when training raised)."""
@@ -105,8 +106,9 @@ class MemberSummary(MemberCallback):
         if m.nonfinite_step is not None:
             log.error("%s: training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                       m.name, m.nonfinite_step, final)
-        return run_summary(out.folder, final, m.step, m.last_loss, m.vector_norms(), m.stopped, list(m.skipped),
-                           out.runtime, out.evaluation, out.start)
+        summary = run_summary(out.folder, final, m.step, m.last_loss, m.vector_norms(), m.stopped, list(m.skipped),
+                              out.runtime, out.evaluation, out.start)
+        return summary | (out.validation.summary() if out.validation is not None else {})
 
 
 class PopulationProgress(MemberCallback):

@@ -44,6 +44,12 @@ from tiframework.training.module import TextualInversionModule
 from tiframework.training.previews import rebuild_strips
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import a1111_extra_step, parse_schedule, training_steps
+from tiframework.training.validation import (
+    ValidationCallback,
+    ValidationRecord,
+    ValidationSet,
+    training_and_held_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +248,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
-    items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
+    bucket_step = cfg.data.bucket_step or parts.bucket_step
+    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+    items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
     start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
     if start.step >= total:
         raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
@@ -254,13 +262,17 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     try:
         parts.prepare(runtime)
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+        held = encode_latents(held_out, parts.vae, cfg.data.cache_dir, progress=False) if held_out else None
         if runtime.offload_vae:
             parts.offload_vae()  # back on the GPU only to decode previews and eval images
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
                                         compile_unet=runtime.compile, init=start.init)
-        watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
-                              extra_callbacks or [])
+        validation = ValidationRecord(folder.path, tracker.log_eval)
+        extra = list(extra_callbacks or [])
+        if held is not None:
+            extra.insert(0, ValidationCallback(ValidationSet.build(cfg, held), validation, total))
+        watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total, extra)
         if watchers.evaluation is not None and kept_eval:
             watchers.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings,
                                                cfg.embedding.name)
@@ -271,7 +283,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not.*")
             trainer.fit(module, train_dataloaders=loader)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime, start)
+        summary, final = _finish(cfg, module, folder, watchers, skipped + held_skipped + latents.skipped, runtime,
+                                 start)
+        summary.update(validation.summary())
         tracker.finish(summary, final)
         folder.write_summary(summary)
         return summary
