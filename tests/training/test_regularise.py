@@ -79,3 +79,12 @@ def test_output_is_the_ema_only_when_one_is_kept():
     assert output_vectors(v, off) is v and output_vectors(v, None) is v
     on = VectorEMA(EMAOptions(ema_decay=0.9), torch.zeros(1, 2))
     assert output_vectors(v, on).tolist() == [[0.0, 0.0]]
+
+
+def test_the_vocabulary_is_measured_on_first_use_not_when_built():
+    # The sweeps' memory estimate builds modules on fake tensors, where a median cannot be read.
+    rule = NormControl(NormOptions(norm_control="project"), torch.zeros(1, 2), torch.tensor([[3.0, 4.0]]))
+    assert "vocab" not in rule.__dict__
+    v = torch.tensor([[0.0, 2.0]])
+    rule.after_step(v, lr=0.1)
+    torch.testing.assert_close(v, torch.tensor([[0.0, 5.0]]))

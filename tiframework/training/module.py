@@ -18,7 +18,7 @@ from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.loss import diffusion_loss, noised
-from tiframework.training.regularise import NormControl, VectorEMA, Vocabulary, output_vectors, token_rows
+from tiframework.training.regularise import NormControl, VectorEMA, output_vectors, token_rows
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class TextualInversionModule(pl.LightningModule):
         self.nonfinite_step: int | None = None
         self.last_loss = float("nan")
         reference = (init if init is not None else init_vectors).detach().float().clone()
-        self.norm_control = NormControl(cfg.embedding, reference, Vocabulary.of(token_rows(parts)))
+        self.norm_control = NormControl(cfg.embedding, reference, token_rows(parts))
         self.ema = VectorEMA(cfg.training, self.vectors)
 
     # --- steps and rates ------------------------------------------------------------------

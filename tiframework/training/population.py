@@ -51,7 +51,7 @@ from tiframework.training.population_outputs import (
     MemberSummary,
     PopulationProgress,
 )
-from tiframework.training.regularise import NormControl, VectorEMA, Vocabulary, token_rows
+from tiframework.training.regularise import NormControl, VectorEMA, token_rows
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import training_steps
 from tiframework.training.train import (
@@ -69,6 +69,7 @@ from tiframework.training.validation import (
     ValidationSet,
     training_and_held_out,
 )
+from tiframework.training.vector_log import MemberTelemetry, TelemetryLog
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
     return Member(index=plan.index, cfg=cfg, vectors=vectors, start_step=plan.start.step, end_step=plan.total,
                   loader=loader, folder=folder, outputs=out, optimizer_state=plan.start.optimizer_state,
                   skipped=plan.skipped + latents.skipped,
-                  norm_control=NormControl(cfg.embedding, init.detach().float().clone(), Vocabulary.of(token_rows(parts))),
+                  norm_control=NormControl(cfg.embedding, init.detach().float().clone(), token_rows(parts)),
                   ema=VectorEMA(cfg.training, vectors))
 
 
@@ -235,10 +236,13 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
         # on leaving: the last evaluation, then the final files and summary, then the caller's callbacks.
         records = {m.index: ValidationRecord(m.folder.path, outputs_tracker_log(m)) for m in members
                    if m.index in held}
+        telemetry = {m.index: TelemetryLog(m.folder.path, m.name, m.norm_control.init, outputs_tracker_log(m))
+                     for m in members}
         for m in members:
             m.outputs.validation = records.get(m.index)
         found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberValidation(held, records),
-                                    MemberEvaluation(max_eval_images), MemberSummary(), *(callbacks or [])]
+                                    MemberEvaluation(max_eval_images), MemberTelemetry(telemetry), MemberSummary(),
+                                    *(callbacks or [])]
         if any(c.logging.progress_bar for c in cfgs):
             found.append(PopulationProgress())
         trainer = _trainer(accelerator, found)

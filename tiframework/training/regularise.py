@@ -20,6 +20,7 @@ after each optimizer step with the rate that step used, so a member and a solo r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -51,11 +52,18 @@ def token_rows(parts) -> torch.Tensor:
 
 @dataclass
 class NormControl:
-    """`embedding.norm_control` for one embedding whose init vectors are `init` (VPT, width)."""
+    """`embedding.norm_control` for one embedding whose init vectors are `init` (VPT, width);
+    `source`: the token table `(vocab, width)` (or its `Vocabulary`)."""
 
     opts: NormOptions
     init: torch.Tensor
-    vocab: Vocabulary
+    source: torch.Tensor | Vocabulary
+
+    @cached_property
+    def vocab(self) -> Vocabulary:
+        # Measured on first use, not when a run is built: the sweeps' memory estimate builds
+        # modules on fake tensors, where a median cannot be read.
+        return self.source if isinstance(self.source, Vocabulary) else Vocabulary.of(self.source)
 
     def penalty(self, vectors: torch.Tensor) -> torch.Tensor | None:
         """The loss term of init_l2 (a scalar), or None for the rules that act after the step."""

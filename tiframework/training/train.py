@@ -50,6 +50,7 @@ from tiframework.training.validation import (
     ValidationSet,
     training_and_held_out,
 )
+from tiframework.training.vector_log import TelemetryCallback, TelemetryLog, telemetry_every
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,8 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
                                         compile_unet=runtime.compile, init=start.init)
         validation = ValidationRecord(folder.path, tracker.log_eval)
-        extra = list(extra_callbacks or [])
+        telemetry = TelemetryLog(folder.path, cfg.embedding.name, module.norm_control.init, tracker.log_eval)
+        extra = [TelemetryCallback(telemetry, telemetry_every(cfg)), *(extra_callbacks or [])]
         if held is not None:
             extra.insert(0, ValidationCallback(ValidationSet.build(cfg, held), validation, total))
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total, extra)
