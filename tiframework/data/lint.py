@@ -6,7 +6,7 @@ captions that are not UTF-8, and the embedding's own name inside a caption (the
 name would then stand for a caption word, not the embedding). Warnings are things
 that make it worse: images so small they get upscaled, extreme aspect ratios (the
 guide's 10:1 warning), near-duplicates, missing or empty captions, two images
-sharing one caption file.
+sharing one caption file, and transparency (training composites it on white).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Literal
 
 import imagehash
 import numpy as np
+from PIL import Image
 
 from tiframework.data.images import (
     MAX_PIXELS,
@@ -107,7 +108,19 @@ def check_image(path: Path, min_side: int, max_ratio: float, max_pixels: int) ->
         findings.append(Finding("warning", "extreme-aspect", path.name,
                                 f"{width}x{height} is {long / short:.1f}:1, beyond {max_ratio:g}:1; fitted to "
                                 f"512 px it is only {max(1, round(512 * short / long))} px across"))
+    if has_alpha(path):
+        findings.append(Finding("warning", "alpha", path.name,
+                                "has transparency: training composites it on white, so the white background is "
+                                "learned as part of the character; flatten it on a background you want"))
     return findings, int(str(imagehash.phash(image)), 16)
+
+
+def has_alpha(path: Path) -> bool:
+    """True when the file has an alpha channel or a transparent palette entry that is used (header only)."""
+    with Image.open(path) as image:
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            return bool(image.getchannel("A").getextrema()[0] < 255)
+        return "transparency" in image.info
 
 
 def check_caption(image: Path, embedding_name: str | None = None) -> list[Finding]:
