@@ -227,6 +227,18 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     return summary, final
 
 
+def _watch_vectors(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, tracker: Tracker,
+                   held: Latents | None, total: int, extra: list[pl.Callback]
+                   ) -> tuple[ValidationRecord, list[pl.Callback]]:
+    """The validation record, and the validation and telemetry callbacks ahead of the caller's `extra`."""
+    validation = ValidationRecord(folder.path, tracker.log_eval)
+    telemetry = TelemetryLog(folder.path, cfg.embedding.name, module.norm_control.init, tracker.log_eval)
+    found: list[pl.Callback] = [TelemetryCallback(telemetry, telemetry_every(cfg)), *extra]
+    if held is not None:
+        found.insert(0, ValidationCallback(ValidationSet.build(cfg, held), validation, total))
+    return validation, found
+
+
 def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
           on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train one embedding as `cfg` says; return the summary written to `summary.json`.
@@ -269,11 +281,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
                                         compile_unet=runtime.compile, init=start.init)
-        validation = ValidationRecord(folder.path, tracker.log_eval)
-        telemetry = TelemetryLog(folder.path, cfg.embedding.name, module.norm_control.init, tracker.log_eval)
-        extra = [TelemetryCallback(telemetry, telemetry_every(cfg)), *(extra_callbacks or [])]
-        if held is not None:
-            extra.insert(0, ValidationCallback(ValidationSet.build(cfg, held), validation, total))
+        validation, extra = _watch_vectors(cfg, module, folder, tracker, held, total, extra_callbacks or [])
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total, extra)
         if watchers.evaluation is not None and kept_eval:
             watchers.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings,
