@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiframework.configoptions import EMAOptions, LossOptions, NormOptions, ValidationConfig
 from tiframework.configpaths import anchor_paths
 from tiframework.errors import UserError
 from tiframework.fileio import atomic_write_text
@@ -89,7 +90,7 @@ class DataConfig(Section):
 EmbeddingFormat = Literal["a1111-pt", "a1111-safetensors", "diffusers"]
 
 
-class EmbeddingConfig(Section):
+class EmbeddingConfig(Section, NormOptions):
     name: str = Field("mychar", min_length=1, description="the embedding's name, used as [name] in prompts; "
                       "a made-up word, not a CLIP word (miku) nor a word of the captions (1girl)")
     init_text: str = Field("", description="initialization text, e.g. 'black hair, red eyes'; at most "
@@ -98,7 +99,7 @@ class EmbeddingConfig(Section):
     vectors_per_token: int = Field(16, ge=1, le=75, description="number of vectors (VPT), 1 to 75")
 
 
-class TrainingConfig(Section):
+class TrainingConfig(Section, LossOptions, EMAOptions):
     learning_rate: str = Field(
         "0.005",
         description="A1111 schedule, e.g. '0.0005:5000, 0.0001:10000' (each rate until that step)",
@@ -287,6 +288,7 @@ class ExperimentConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     resume: str | None = Field(None, description="an embedding file written by a run; training continues from it")
 

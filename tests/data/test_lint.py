@@ -217,3 +217,16 @@ def test_read_caption_utf8_bom_missing_and_latin1(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"caf\xe9")
     with pytest.raises(UserError, match=r"a\.txt: caption is not UTF-8.*re-save it as UTF-8"):
         read_caption(image)
+
+
+def test_lint_reports_images_with_transparency(tmp_path):
+    rgba = np.full((300, 300, 4), 200, dtype=np.uint8)
+    rgba[:50, :50, 3] = 0  # a transparent corner
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    opaque = rgba.copy()
+    opaque[..., 3] = 255  # an alpha channel that hides nothing is not reported
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "solid.png")
+    for stem in ("cut", "solid"):
+        (tmp_path / f"{stem}.txt").write_text("1girl", encoding="utf-8")
+    found = [(f.code, f.file) for f in lint_dataset(tmp_path) if f.code == "transparency"]
+    assert found == [("transparency", "cut.png")]

@@ -38,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              description="Show what an embedding file holds; any supported format.")
     inspect.add_argument("file", metavar="FILE", help="embedding file (.pt, .safetensors or .bin)")
     inspect.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    vocab = inspect.add_mutually_exclusive_group()
+    vocab.add_argument("--model", metavar="PRESET", help="also show each vector against this model's vocabulary: "
+                       "norm relative to the median token's, cosine to --init-text, nearest tokens")
+    vocab.add_argument("--model-path", metavar="PATH", help="as --model, a diffusers folder or SD 1.x checkpoint")
+    inspect.add_argument("--init-text", default=None, help="with --model: the init text to measure each vector's "
+                         "cosine against (spread over the vectors as A1111 does)")
+    inspect.add_argument("--top-k", type=int, default=5, help="with --model: nearest tokens shown per vector")
     inspect.set_defaults(func=cmd_inspect)
 
     convert = sub.add_parser("convert", help="convert an embedding file to another format",
@@ -125,12 +132,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     emb = load_embedding(args.file, finite=False)  # inspect shows a diverged embedding; other commands refuse it
     info = describe(emb, args.file)
+    report = _telemetry(args, emb) if (args.model or args.model_path) else None
+    if report is not None:
+        info["telemetry"] = [r.as_dict() for r in report]
     print(json.dumps(info, indent=2) if args.json else format_text(info))
+    if report is not None and not args.json:
+        from tiframework.sd.telemetry import format_telemetry
+
+        print(format_telemetry(report))
     if not torch.isfinite(emb.vectors).all():
         print(f"warning: {args.file}: some vectors hold NaN/Inf values (a run that diverged); "
               "training, eval and convert refuse it", file=sys.stderr)
         return 1
     return 0
+
+
+def _telemetry(args: argparse.Namespace, emb):
+    """Each vector against the model's vocabulary (`sd.telemetry`); a warning when still its init text."""
+    from tiframework.sd.embeddings import init_vectors
+    from tiframework.sd.models import load_model
+    from tiframework.sd.telemetry import still_init, vector_telemetry
+    from tiframework.sd.text import prompt_token_ids
+
+    parts = load_model(ModelConfig(path=args.model_path) if args.model_path else ModelConfig(preset=args.model))
+    table = parts.text_encoder.get_input_embeddings().weight
+    if emb.width != table.shape[1]:
+        raise UserError(f"{args.file}: width {emb.width}, but the model's tokens have width {table.shape[1]}")
+    init = None
+    if args.init_text is not None:
+        ids = prompt_token_ids(parts.tokenizer, args.init_text, None, 0, parts.vocab_size)
+        init = init_vectors(table[ids].detach() if ids else table[:0].detach(), emb.n_vectors, emb.width)
+    report = vector_telemetry(emb.vectors, table, parts.tokenizer, init, k=args.top_k)
+    if still_init(report):
+        print(f"warning: {args.file}: every vector is still within cosine 0.99 of --init-text: the embedding is "
+              "essentially its init text", file=sys.stderr)
+    return report
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

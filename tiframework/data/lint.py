@@ -6,7 +6,7 @@ captions that are not UTF-8, and the embedding's own name inside a caption (the
 name would then stand for a caption word, not the embedding). Warnings are things
 that make it worse: images so small they get upscaled, extreme aspect ratios (the
 guide's 10:1 warning), near-duplicates, missing or empty captions, two images
-sharing one caption file.
+sharing one caption file, and transparency (training composites it on white).
 """
 
 from __future__ import annotations

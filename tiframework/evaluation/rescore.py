@@ -46,7 +46,7 @@ def evaluate_run(run_dir: Path, reference: str | None = None, overrides: list[st
     device = machine.device
     evaluator = make_evaluator(cfg, parts, reference=reference, device=device)
     if found[0][0] != 0:
-        found.insert(0, (0, create(cfg.embedding, parts).vectors))
+        found.insert(0, (0, create(cfg.embedding, parts, seed=cfg.training.seed).vectors))
     kept = folder.keep_copies("before-eval", folder.eval_file, folder.per_image_file, folder.summary_file,
                               folder.eval_images)
     if kept is not None:

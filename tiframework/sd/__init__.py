@@ -10,5 +10,6 @@
 - `torchfiles`: pickled `.pt` / `.bin` files, written for stock A1111 and read safely;
 - `optimizer_state`: the `<file>.optim` beside an embedding, as A1111 writes and checks it;
 - `pngembed`: A1111's PNG embeddings, an embedding carried inside an image;
+- `telemetry`: each vector's norm against the vocabulary, cosine to its init, nearest tokens;
 - `runtime`: how the frozen model runs here: device, weight dtype, autocast, checkpointing.
 """

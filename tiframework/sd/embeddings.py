@@ -136,8 +136,21 @@ def init_vectors(token_rows: torch.Tensor, vectors_per_token: int, width: int) -
     return token_rows[index].detach().to(torch.float32).clone()
 
 
-def create(spec: EmbeddingConfig, parts: Any, captions: Mapping[str, str | None] | None = None) -> Embedding:
-    """A new embedding whose vectors are the frozen token rows of `spec.init_text`.
+def start_vectors(spec: EmbeddingConfig, table: torch.Tensor, text_vectors: torch.Tensor, seed: int) -> torch.Tensor:
+    """`embedding.init`: the init text's vectors (A1111), N(0, vocabulary std) drawn from `seed`, or zeros."""
+    if spec.init == "zeros":
+        return torch.zeros_like(text_vectors)
+    if spec.init == "random":
+        # The vocabulary's own spread, so a random start is as loud as a typical token, not 1/std louder.
+        gen = torch.Generator().manual_seed(int(seed))
+        return torch.randn(tuple(text_vectors.shape), generator=gen) * float(table.detach().float().std())
+    return text_vectors
+
+
+def create(spec: EmbeddingConfig, parts: Any, captions: Mapping[str, str | None] | None = None,
+           seed: int = 0) -> Embedding:
+    """A new embedding whose vectors are the frozen token rows of `spec.init_text` (or, by
+    `spec.init`, random from `seed` or zeros).
 
     This is the step-0 embedding of every run: training starts from it and `tiframework
     eval` scores it as the baseline. `spec` is validated by the config schema (VPT range).
@@ -153,7 +166,7 @@ def create(spec: EmbeddingConfig, parts: Any, captions: Mapping[str, str | None]
         )
     table = parts.text_encoder.get_input_embeddings().weight  # (vocab, width), frozen
     rows = table[torch.tensor(ids, dtype=torch.long, device=table.device)] if ids else table[:0]
-    vectors = init_vectors(rows.cpu(), vpt, int(table.shape[1]))
+    vectors = start_vectors(spec, table, init_vectors(rows.cpu(), vpt, int(table.shape[1])), seed)
     return Embedding(name, vectors, step=0, sd_checkpoint=parts.checkpoint_hash,
                      sd_checkpoint_name=parts.checkpoint_name)
 

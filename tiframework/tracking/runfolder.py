@@ -192,18 +192,21 @@ class RunFolder:
     def cut_back(self, step: int, name: str) -> tuple[Path, list[dict[str, float]]]:
         """Make the run folder read as if it had stopped at `step`, losing nothing.
 
-        The config, metrics, eval table, summary and provenance are copied to `history/<time>-resumed-at-<step>/`;
+        The config, metrics, eval table, vector telemetry, validation losses, summary and provenance are copied to `history/<time>-resumed-at-<step>/`;
         metrics and eval rows past `step` are dropped; checkpoints and previews past `step` move
         into that folder (strips too: they are rebuilt from the previews kept); half-written
         temporary files of a killed run are removed. Returns the history folder and the eval
         rows kept, as numbers.
         """
         history = self.history_dir(f"resumed-at-{step}")
+        vectors, validation = self.path / "vectors.csv", self.path / "validation.csv"
         for file in (self.config_file, self.path / "metrics.csv", self.eval_file, self.per_image_file,
-                     self.summary_file, self.provenance_file):
+                     self.summary_file, self.provenance_file, vectors, validation):
             if file.is_file():
                 shutil.copy2(file, history / file.name)
         _keep_rows(self.path / "metrics.csv", step)
+        _keep_rows(vectors, step)
+        _keep_rows(validation, step - 1)  # the resumed run scores `step` again at its start (the same numbers)
         _keep_rows(self.per_image_file, step)
         kept = [_numbers(row) for row in _keep_rows(self.eval_file, step)]
         _remove_partial_writes(self.path)

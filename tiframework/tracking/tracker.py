@@ -31,7 +31,7 @@ SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_sco
 # Logged with these prefixes, a value is plotted against the optimizer step it was measured
 # at (`train/step`), not W&B's own row counter or Lightning's `trainer/global_step`.
 STEP_METRIC = "train/step"
-BY_OPTIMIZER_STEP = ("eval/", "select/", "preview/")
+BY_OPTIMIZER_STEP = ("eval/", "select/", "preview/", "val/", "vectors/")
 
 
 def run_name(cfg: ExperimentConfig, run_dir: Path) -> str:

@@ -69,7 +69,7 @@ class EmbeddingSaver(StepCallback):
         self.saved: list[Path] = []
 
     def save(self, module: TextualInversionModule, step: int, stem: str) -> Path:
-        return self.save_vectors(module.vectors, optimizer_of(module), step, stem)
+        return self.save_vectors(module.output, optimizer_of(module), step, stem)
 
     def save_vectors(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
                      stem: str) -> Path:
@@ -112,7 +112,7 @@ class PreviewWriter(StepCallback):
         self.pipe = None
 
     def render(self, module: TextualInversionModule, step: int) -> None:
-        self.render_vectors(module.parts, module.cfg, module.vectors, step)
+        self.render_vectors(module.parts, module.cfg, module.output, step)
 
     def render_vectors(self, parts: SDParts, cfg: ExperimentConfig, vectors: torch.Tensor, step: int) -> None:
         """The previews of `vectors` at `step` (a population renders each member's with its own writer)."""
@@ -199,7 +199,7 @@ class EvalCallback(StepCallback):
         return self.record.cfg
 
     def evaluate(self, module: TextualInversionModule, step: int) -> None:
-        row = self.evaluator.score(module.vectors, step)
+        row = self.evaluator.score(module.output, step)
         keep = (lambda s: self.keep(module, s)) if self.keep is not None else None
         if self.record.record(row, step, keep, can_stop=module._trainer is not None):
             module.trainer.should_stop = True

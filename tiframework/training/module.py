@@ -18,6 +18,7 @@ from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.loss import diffusion_loss, noised
+from tiframework.training.regularise import NormControl, VectorEMA, output_vectors, token_rows
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 class TextualInversionModule(pl.LightningModule):
     """The training step. The frozen parts must already be placed (`SDParts.prepare`):
     the module trains the vectors and nothing else; `compile_unet` runs the UNet through
-    `torch.compile` in training steps (previews and evaluation use the plain module)."""
+    `torch.compile` in training steps (previews and evaluation use the plain module).
+    `init`: the embedding's init vectors (norm control's reference), default `init_vectors`
+    (a resumed run passes its init text's vectors here and its saved ones as `init_vectors`)."""
 
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, init_vectors: torch.Tensor,
-                 start_step: int = 0, optimizer_state: dict | None = None, compile_unet: bool = False):
+                 start_step: int = 0, optimizer_state: dict | None = None, compile_unet: bool = False,
+                 init: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         self.parts = parts
@@ -43,6 +47,9 @@ class TextualInversionModule(pl.LightningModule):
         self.noise_scheduler = parts.noise_scheduler()
         self.nonfinite_step: int | None = None
         self.last_loss = float("nan")
+        reference = (init if init is not None else init_vectors).detach().float().clone()
+        self.norm_control = NormControl(cfg.embedding, reference, token_rows(parts))
+        self.ema = VectorEMA(cfg.training, self.vectors)
 
     # --- steps and rates ------------------------------------------------------------------
 
@@ -66,17 +73,27 @@ class TextualInversionModule(pl.LightningModule):
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.nonfinite_step is None:  # a skipped step moved nothing: nothing to hold or average
+            # Lightning counts the step only after this hook returns: the one just taken is step + 1.
+            self.norm_control.after_step(self.vectors.data, optimizer.param_groups[0]["lr"])
+            self.ema.update(self.vectors, self.step + 1)
+
     # --- the loss -------------------------------------------------------------------------
 
     def noise_loss(self, batch: dict) -> torch.Tensor:
         """The micro-batch's loss (`training.loss`), noise and timesteps from each sample's seed."""
         latents = batch["latents"].to(self.device)  # (B, 4, h, w)
         unet_dtype = next(self.parts.unet.parameters()).dtype
-        target = noised(self.noise_scheduler, latents, batch["seeds"], self.parts.prediction_type)
+        t = self.cfg.training
+        target = noised(self.noise_scheduler, latents, batch["seeds"], self.parts.prediction_type, t.noise_offset)
         cond = encode_prompts(self.parts, batch["prompts"], self.cfg.model.clip_skip,
                               self.cfg.embedding.name, self.vectors)  # (B, 77*chunks, width)
         pred = self.run_unet(target.noisy.to(unet_dtype), target.timesteps, cond.to(unet_dtype)).sample
-        return diffusion_loss(pred, target)
+        loss = diffusion_loss(pred, target, t)
+        penalty = self.norm_control.penalty(self.vectors)
+        return loss if penalty is None else loss + penalty
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self.noise_loss(batch)
@@ -94,5 +111,10 @@ class TextualInversionModule(pl.LightningModule):
 
     # --- what is saved --------------------------------------------------------------------
 
+    @property
+    def output(self) -> torch.Tensor:
+        """The vectors saved and evaluated: their EMA when `training.ema_decay` is set (`regularise`)."""
+        return output_vectors(self.vectors, self.ema)
+
     def vector_norms(self) -> list[float]:
-        return vector_norms(self.vectors)
+        return vector_norms(self.output)

@@ -40,6 +40,13 @@ from tiframework.training.preflight import model_line, preflight, resume_file
 from tiframework.training.previews import rebuild_strips
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import a1111_extra_step, parse_schedule, training_steps
+from tiframework.training.validation import (
+    ValidationCallback,
+    ValidationRecord,
+    ValidationSet,
+    training_and_held_out,
+)
+from tiframework.training.vector_log import TelemetryCallback, TelemetryLog, telemetry_every
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +57,15 @@ class Start:
     step: int
     optimizer_state: dict | None
     source: Path | None = None  # the embedding file a resumed run continues from
+    init: torch.Tensor | None = None  # (VPT, width): the init vectors, norm control's reference
 
 
 def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, str | None]) -> Start:
     """A new embedding from the init text, or the stored one when resuming; either way the
     name passes the same checks (characters, length, vocabulary, the captions)."""
     if not cfg.resume:
-        return Start(create(cfg.embedding, parts, captions).vectors, 0, None)
+        init = create(cfg.embedding, parts, captions, seed=cfg.training.seed).vectors
+        return Start(init, 0, None, init=init)
     name = check_name(cfg.embedding.name, parts.tokenizer, captions, what="embedding.name")
     path = resume_file(cfg)
     emb = load_embedding(path, expected_width=parts.width)
@@ -67,7 +76,8 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
     if emb.name not in (name, f"{name}-{emb.step}"):
         log.warning("%s: saved as %r; training continues it as embedding.name %r", path, emb.name, name)
     state = load_optimizer_state(path, emb.vectors, emb.step)
-    return Start(emb.vectors, emb.step, state, path)
+    init = create(cfg.embedding, parts, seed=cfg.training.seed).vectors  # norm control and telemetry compare to it
+    return Start(emb.vectors, emb.step, state, path, init)
 
 
 def continued_folder(cfg: ExperimentConfig, start: Start) -> Path | None:
@@ -149,7 +159,7 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
                 on_eval(row)
 
         def keep(module: TextualInversionModule, step: int) -> Path:
-            return saver.keep(module.vectors, cb.optimizer_of(module), step, cfg.embedding.name)
+            return saver.keep(module.output, cb.optimizer_of(module), step, cfg.embedding.name)
 
         evaluation = cb.EvalCallback(evaluator, folder, sink, keep=keep,
                                      stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=total)
@@ -194,7 +204,7 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
-    final = watchers.saver.save_final(module.vectors, cb.optimizer_of(module), final_step, cfg.embedding.name)
+    final = watchers.saver.save_final(module.output, cb.optimizer_of(module), final_step, cfg.embedding.name)
     stopped = watchers.guard.stop_reason or (INTERRUPTED if signal_name else None)
     if module.nonfinite_step is not None:
         stopped = f"non-finite loss at step {module.nonfinite_step}"
@@ -240,6 +250,18 @@ def planned_steps(cfg: ExperimentConfig) -> int:
     return training_steps(cfg.training)
 
 
+def _watch_vectors(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFolder, tracker: Tracker,
+                   held: Latents | None, total: int, extra: list[pl.Callback]
+                   ) -> tuple[ValidationRecord, list[pl.Callback]]:
+    """The validation record, and the validation and telemetry callbacks ahead of the caller's `extra`."""
+    validation = ValidationRecord(folder.path, tracker.log_eval)
+    telemetry = TelemetryLog(folder.path, cfg.embedding.name, module.norm_control.init, tracker.log_eval)
+    found: list[pl.Callback] = [TelemetryCallback(telemetry, telemetry_every(cfg)), *extra]
+    if held is not None:
+        found.insert(0, ValidationCallback(ValidationSet.build(cfg, held), validation, total))
+    return validation, found
+
+
 def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callbacks: list | None = None,
           on_eval: Callable[[dict[str, float]], None] | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train one embedding as `cfg` says; return the summary written to `summary.json`.
@@ -257,7 +279,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
-    items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
+    bucket_step = cfg.data.bucket_step or parts.bucket_step
+    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+    items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
     start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
     if start.step >= total:
         raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
@@ -271,14 +295,15 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         folder.write_provenance(origin)
         parts.prepare(runtime)
         latents = encode_latents(items, parts.vae, cfg.data.cache_dir, progress=cfg.logging.progress_bar)
+        held = encode_latents(held_out, parts.vae, cfg.data.cache_dir, progress=False) if held_out else None
         if runtime.offload_vae:
             parts.offload_vae()  # back on the GPU only to decode previews and eval images
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
-                                        compile_unet=runtime.compile)
+                                        compile_unet=runtime.compile, init=start.init)
         stop = StopOnSignal()
-        watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total,
-                              [*(extra_callbacks or []), stop])
+        validation, extra = _watch_vectors(cfg, module, folder, tracker, held, total, [*(extra_callbacks or []), stop])
+        watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total, extra)
         if watchers.evaluation is not None and kept_eval:
             watchers.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings,
                                                cfg.embedding.name)
@@ -286,8 +311,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         torch.manual_seed(cfg.training.seed)
         log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
         _fit(trainer, module, loader, stop, folder, cfg.embedding.name)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime, start,
-                                 stop.received)
+        summary, final = _finish(cfg, module, folder, watchers, skipped + held_skipped + latents.skipped, runtime,
+                                 start, stop.received)
+        summary.update(validation.summary())
         tracker.finish(summary, final)
         folder.write_summary(summary)
         if stop.received:

@@ -94,6 +94,30 @@ def test_members_match_training_alone_on_tiny(tmp_path, tiny_parts):
         assert_like_solo(summary, alone[key])
 
 
+def test_members_with_the_training_options_match_training_alone(tmp_path, tiny_parts):
+    # Every loss and regulariser option in one of three members (issue 23): each is applied by
+    # the one `training.loss` / `training.regularise` code in both stacks, so a member still ends
+    # where it would alone; the EMA member's saved file is its EMA.
+    members = {
+        "snr": ["training.seed=0", "training.loss_weighting=min_snr", "training.loss_type=huber",
+                "training.noise_offset=0.1", "embedding.norm_control=project"],
+        "deb": ["training.seed=1", "training.loss_weighting=debiased", "training.loss_type=smooth_l1",
+                "embedding.norm_control=decay", "training.ema_decay=0.5", "training.ema_warmup=1",
+                "embedding.init=random", "training.accumulate=2"],
+        "p2": ["training.seed=2", "training.loss_weighting=p2", "embedding.norm_control=init_l2",
+               "embedding.init_l2_weight=1.0", "embedding.init=zeros"],
+    }
+    cfgs = [config(tmp_path, *o, f"logging.run_id={k}") for k, o in members.items()]
+    pop = train_population(cfgs, parts=tiny_parts)
+    for summary, (key, o) in zip(pop, members.items(), strict=True):
+        assert_like_solo(summary, solo(tmp_path, tiny_parts, o, key))
+    # The options act: without them member snr trains elsewhere, and projection holds its norm.
+    plain = solo(tmp_path, tiny_parts, ["training.seed=0"], "plain")
+    assert (vectors(pop[0]) - vectors(plain)).abs().max().item() > 1000 * TOL
+    median = float(tiny_parts.text_encoder.get_input_embeddings().weight.float().norm(dim=1).median())
+    torch.testing.assert_close(vectors(pop[0]).norm(dim=1), torch.full((4,), median))
+
+
 @pytest.mark.slow
 def test_members_match_training_alone_on_toyworld(tmp_path):
     world = ["model.preset=toyworld", "data.path=toyworld:kiri?pruned=1", "training.max_steps=3"]

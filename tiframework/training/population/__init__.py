@@ -4,5 +4,6 @@
 - `module`: the population LightningModule (per-member optimizers, accumulation, AMP);
 - `shared_pass`: one text-encoder and UNet pass for many members, each with its own loss;
 - `outputs`: each member's writers (saves, previews, evaluation, W&B), as a solo run's;
-- `evaluation`: members' previews and evaluations, generated together.
+- `evaluation`: members' previews and evaluations, generated together;
+- `watchers`: members' validation loss and vector telemetry, as a solo run writes them.
 """

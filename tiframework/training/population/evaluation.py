@@ -27,13 +27,13 @@ class MemberPreviews(MemberCallback):
         for m in members:
             writer = outputs(m).previews
             if writer is not None and m.step == 0:
-                writer.render_vectors(population.parts, m.cfg, m.vectors, 0)
+                writer.render_vectors(population.parts, m.cfg, m.output, 0)
 
     def on_members_stepped(self, trainer, population, members) -> None:
         for m in members:
             writer = outputs(m).previews
             if writer is not None and m.step % writer.every == 0:
-                writer.render_vectors(population.parts, m.cfg, m.vectors, m.step)
+                writer.render_vectors(population.parts, m.cfg, m.output, m.step)
 
 
 def leaving(member: Member) -> bool:
@@ -54,13 +54,13 @@ class MemberEvaluation(MemberCallback):
     def evaluate(self, population: PopulationModule, members: list[Member]) -> None:
         if not members:
             return
-        jobs = [(outputs(m).evaluator, m.vectors, m.step) for m in members]
+        jobs = [(outputs(m).evaluator, m.output, m.step) for m in members]
         for m, row in zip(members, score_together(jobs, self.max_images), strict=True):
             out = outputs(m)
             assert out.evaluation is not None
 
             def keep(step: int, m: Member = m, out: MemberOutputs = out) -> Path:
-                return out.saver.keep(m.vectors, m.optimizer, step, m.name)
+                return out.saver.keep(m.output, m.optimizer, step, m.name)
 
             if out.evaluation.record(row, m.step, keep):
                 m.request_stop()  # a confirmed plateau: this member leaves, the others go on

@@ -43,6 +43,7 @@ from tiframework.evaluation.diagnostics import (
 from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.training.population.shared_pass import MemberBatch, member_losses, partition
+from tiframework.training.regularise import NormControl, VectorEMA, output_vectors
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class Member:
     optimizer: torch.optim.Optimizer | None = None
     scaler: torch.amp.GradScaler | None = None
     summary: dict[str, Any] | None = None  # filled when its outputs are final
+    norm_control: NormControl | None = None  # `embedding.norm_control`, as `TextualInversionModule`'s
+    ema: VectorEMA | None = None  # `training.ema_*`
     _batches: Iterator[dict] | None = field(default=None, repr=False)
 
     @property
@@ -124,8 +127,13 @@ class Member:
     def lr_at(self, step: int) -> float:
         return learning_rate(self.cfg.training, step)
 
+    @property
+    def output(self) -> torch.Tensor:
+        """The vectors saved and evaluated: their EMA when `training.ema_decay` is set."""
+        return output_vectors(self.vectors, self.ema)
+
     def vector_norms(self) -> list[float]:
-        return vector_norms(self.vectors)
+        return vector_norms(self.output)
 
     def next_batch(self) -> dict:
         if self._batches is None:
@@ -274,9 +282,11 @@ class PopulationModule(pl.LightningModule):
     # --- one tick -------------------------------------------------------------------------
 
     def _forward_backward(self, fetched: list[tuple[Member, dict]]) -> None:
-        batches = [MemberBatch.from_collated(b, m.name, m.vectors, m.cfg.model.clip_skip) for m, b in fetched]
+        batches = [MemberBatch.from_collated(b, m.name, m.vectors, m.cfg.model.clip_skip, m.cfg.training)
+                   for m, b in fetched]
         with self.amp.autocast():
             losses = member_losses(self.parts, self.noise_scheduler, batches, self.device, unet=self.run_unet)
+        losses = [_with_penalty(m, loss) for (m, _), loss in zip(fetched, losses, strict=True)]
         total = None
         for (m, _), loss in zip(fetched, losses, strict=True):
             try:
@@ -314,6 +324,10 @@ class PopulationModule(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         member.micro = 0
         member.steps_done += 1
+        if member.norm_control is not None:
+            member.norm_control.after_step(member.vectors.data, opt.param_groups[0]["lr"])
+        if member.ema is not None:
+            member.ema.update(member.vectors, member.step)
         member.step_loss = sum(member.losses) / max(1, len(member.losses))
         member.losses.clear()
         try:
@@ -321,3 +335,9 @@ class PopulationModule(pl.LightningModule):
         except ExplodingEmbedding as exc:
             log.warning("%s: %s; it leaves the population", member.name, exc)
             member.stopped = str(exc)
+
+
+def _with_penalty(member: Member, loss: torch.Tensor) -> torch.Tensor:
+    """The member's loss plus its norm-control penalty (init_l2), as `TextualInversionModule.noise_loss`."""
+    penalty = member.norm_control.penalty(member.vectors) if member.norm_control is not None else None
+    return loss if penalty is None else loss + penalty

@@ -42,6 +42,7 @@ class MemberOutputs:
     previews: PreviewWriter | None = None
     evaluator: Evaluator | None = None
     evaluation: RunEvaluation | None = None
+    validation: Any = None  # its `validation.ValidationRecord`, when validation is on
 
     def close(self) -> None:
         """Finish its W&B run and close its files (also when training raised)."""
@@ -84,7 +85,7 @@ class MemberSaver(MemberCallback):
         for m in members:
             every = m.cfg.training.save_every
             if every and m.step % every == 0:
-                outputs(m).saver.save_vectors(m.vectors, m.optimizer, m.step, f"{m.name}-{m.step}")
+                outputs(m).saver.save_vectors(m.output, m.optimizer, m.step, f"{m.name}-{m.step}")
 
 
 class MemberSummary(MemberCallback):
@@ -101,12 +102,13 @@ class MemberSummary(MemberCallback):
             out.close()
 
     def finish(self, population: PopulationModule, m: Member, out: MemberOutputs) -> dict[str, Any]:
-        final = out.saver.save_final(m.vectors, m.optimizer, m.step, m.name)
+        final = out.saver.save_final(m.output, m.optimizer, m.step, m.name)
         if m.nonfinite_step is not None:
             log.error("%s: training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                       m.name, m.nonfinite_step, final)
-        return run_summary(out.folder, final, m.step, m.last_loss, m.vector_norms(), m.stopped, list(m.skipped),
-                           out.runtime, out.evaluation, out.start)
+        summary = run_summary(out.folder, final, m.step, m.last_loss, m.vector_norms(), m.stopped, list(m.skipped),
+                              out.runtime, out.evaluation, out.start)
+        return summary | (out.validation.summary() if out.validation is not None else {})
 
 
 class PopulationProgress(MemberCallback):

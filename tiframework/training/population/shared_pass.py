@@ -10,7 +10,8 @@ makes a member's loss equal to its loss when training alone:
 - the text encoder runs once over all members' 77-token chunks: every chunk is encoded
   independently, and each member's placeholder ids point at its own rows of the
   concatenated vectors, so its gradient reaches only its vectors;
-- noise, timesteps, target and loss are `training.loss`'s, as in `TextualInversionModule`;
+- noise, timesteps, target and loss (with the member's own loss options) are
+  `training.loss`'s, as in `TextualInversionModule`;
 - the UNet runs once per group of members with the same latent shape and conditioning
   length (nothing in it mixes samples: GroupNorm and attention are per sample);
 - its loss is the mean over its own samples only, so the normalisation is its own.
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from tiframework.configoptions import LossOptions
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_ids, tokenize
 from tiframework.training.loss import diffusion_loss, noised
@@ -45,12 +47,14 @@ class MemberBatch:
     name: str
     vectors: torch.Tensor  # (VPT, width): the member's trainable parameter
     clip_skip: int
+    options: LossOptions | None = None  # its `training.*` loss options (None: the plain MSE)
 
     @classmethod
-    def from_collated(cls, batch: dict[str, Any], name: str, vectors: torch.Tensor, clip_skip: int) -> MemberBatch:
+    def from_collated(cls, batch: dict[str, Any], name: str, vectors: torch.Tensor, clip_skip: int,
+                      options: LossOptions | None = None) -> MemberBatch:
         """From `data.dataset.collate`'s dict."""
         return cls(batch["latents"], list(batch["prompts"]), [int(s) for s in batch["seeds"]], name, vectors,
-                   clip_skip)
+                   clip_skip, options)
 
     @property
     def size(self) -> int:
@@ -115,7 +119,8 @@ def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch]
     unet = unet or parts.unet
     conds = encode_conditioning(parts, batches)
     unet_dtype = next(parts.unet.parameters()).dtype
-    targets = [noised(scheduler, b.latents.to(device), b.seeds, parts.prediction_type) for b in batches]
+    targets = [noised(scheduler, b.latents.to(device), b.seeds, parts.prediction_type,
+                      b.options.noise_offset if b.options else 0.0) for b in batches]
     losses: list[torch.Tensor | None] = [None] * len(batches)
     keys = [(tuple(x.noisy.shape[1:]), c.shape[1]) for x, c in zip(targets, conds, strict=True)]
     for members in group_indices(keys).values():
@@ -123,5 +128,5 @@ def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch]
                     torch.cat([targets[i].timesteps for i in members]),
                     torch.cat([conds[i] for i in members]).to(unet_dtype)).sample
         for i, p in zip(members, pred.split([batches[i].size for i in members]), strict=True):
-            losses[i] = diffusion_loss(p, targets[i])
+            losses[i] = diffusion_loss(p, targets[i], batches[i].options)
     return [loss for loss in losses if loss is not None]

@@ -50,7 +50,9 @@ from tiframework.training.population.outputs import (
     MemberSummary,
     PopulationProgress,
 )
+from tiframework.training.population.watchers import MemberTelemetry, MemberValidation
 from tiframework.training.preflight import preflight
+from tiframework.training.regularise import NormControl, VectorEMA, token_rows
 from tiframework.training.run_eval import RunEvaluation
 from tiframework.training.schedules import training_steps
 from tiframework.training.train import (
@@ -63,6 +65,12 @@ from tiframework.training.train import (
     starting_point,
     stream_loader,
 )
+from tiframework.training.validation import (
+    ValidationRecord,
+    ValidationSet,
+    training_and_held_out,
+)
+from tiframework.training.vector_log import TelemetryLog
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,7 @@ class Plan:
     total: int
     runtime: Runtime
     evaluator: Evaluator | None = None
+    held_out: list[Item] | None = None  # its validation images (`validation.*`)
 
 
 def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
@@ -122,7 +131,9 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         preflight(cfg)  # as a solo run: data, templates, name, schedule, and a run folder free to write
         total = training_steps(cfg.training)
         data_dir = resolve_data_path(cfg.data.path, "data.path")
-        items, skipped = scan_folder(data_dir, cfg.data.max_side, cfg.data.bucket_step or parts.bucket_step)
+        bucket_step = cfg.data.bucket_step or parts.bucket_step
+        items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+        items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
         start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
         if start.step >= total:
             raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
@@ -131,7 +142,7 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
         evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
     except UserError as exc:
         raise UserError(f"{member_label(index, cfg)}: {exc}") from None
-    return Plan(index, cfg, items, skipped, start, total, runtime, evaluator)
+    return Plan(index, cfg, items, skipped + held_skipped, start, total, runtime, evaluator, held_out)
 
 
 def member_latents(plan: Plan, parts: SDParts) -> Latents:
@@ -168,9 +179,18 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
                                        stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=plan.total)
         if kept_eval:
             out.evaluation.continue_curve(kept_eval, folder.read_per_image(), folder.embeddings, cfg.embedding.name)
-    return Member(index=plan.index, cfg=cfg, vectors=torch.nn.Parameter(plan.start.vectors.detach().clone().float()),
-                  start_step=plan.start.step, end_step=plan.total, loader=loader, folder=folder, outputs=out,
-                  optimizer_state=plan.start.optimizer_state, skipped=plan.skipped + latents.skipped)
+    vectors = torch.nn.Parameter(plan.start.vectors.detach().clone().float())
+    init = plan.start.init if plan.start.init is not None else plan.start.vectors
+    return Member(index=plan.index, cfg=cfg, vectors=vectors, start_step=plan.start.step, end_step=plan.total,
+                  loader=loader, folder=folder, outputs=out, optimizer_state=plan.start.optimizer_state,
+                  skipped=plan.skipped + latents.skipped,
+                  norm_control=NormControl(cfg.embedding, init.detach().float().clone(), token_rows(parts)),
+                  ema=VectorEMA(cfg.training, vectors))
+
+
+def outputs_tracker_log(member: Member):
+    """Where a member's validation rows go in W&B: its own run."""
+    return member.outputs.tracker.log_eval
 
 
 def _trainer(accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -200,6 +220,8 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
     runtime = plans[0].runtime
     parts.prepare(runtime)
     encoded = [member_latents(plan, parts) for plan in plans]  # can still fail: no run folder exists yet
+    held = {p.index: ValidationSet.build(p.cfg, encode_latents(p.held_out, parts.vae, p.cfg.data.cache_dir, False))
+            for p in plans if p.held_out}
     if runtime.offload_vae:
         parts.offload_vae()  # back on the GPU only to decode previews and eval images
     accelerator = "gpu" if runtime.device == "cuda" else "cpu"
@@ -213,8 +235,15 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
                                   max_samples=max_samples, compile_unet=runtime.compile)
         # In this order at each step, as a solo run's callbacks: metrics, saves, previews, evaluation;
         # on leaving: the last evaluation, then the final files and summary, then the caller's callbacks.
-        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberEvaluation(max_eval_images),
-                                    MemberSummary(), *(callbacks or [])]
+        records = {m.index: ValidationRecord(m.folder.path, outputs_tracker_log(m)) for m in members
+                   if m.index in held}
+        telemetry = {m.index: TelemetryLog(m.folder.path, m.name, m.norm_control.init, outputs_tracker_log(m))
+                     for m in members}
+        for m in members:
+            m.outputs.validation = records.get(m.index)
+        found: list[pl.Callback] = [MemberMetrics(), MemberSaver(), MemberPreviews(), MemberValidation(held, records),
+                                    MemberEvaluation(max_eval_images), MemberTelemetry(telemetry), MemberSummary(),
+                                    *(callbacks or [])]
         if any(c.logging.progress_bar for c in cfgs):
             found.append(PopulationProgress())
         trainer = _trainer(accelerator, found)
