@@ -8,5 +8,7 @@
 - `arms`: comparison sweeps, every arm x seed one trial in a fixed order;
 - `outcome`: a trial's runs' held-out scores as its objective value, or its failure reason;
 - `population`: several trials taken at once and trained as one population;
-- `population_size`: how many runs a worker trains at once (`--population`). Reports over a study live in `tiframework.reports.sweep`.
+- `population_size`: how many runs a worker trains at once (`--population`);
+- `confirm`: the confirmation stage, the search's top configurations re-trained on fresh seeds as a
+  comparison. Reports over a study live in `tiframework.reports.sweep`.
 """
