@@ -164,3 +164,19 @@ def check_retried(study: Any, n_trials: int) -> None:
     assert fail_reason(dead, trials) == f"worker died (no heartbeat); retried as trial {retries[0].number}"
     assert [t.state.name for t in trials[1:]] == ["COMPLETE"] * n_trials
     assert counted(trials) == n_trials
+
+
+class NoisyRunner(FakeRunner):
+    """Fidelity with a standard error: VPT 1 is far behind (SE 0.001), VPT 2 a little behind but
+    within its large SE (0.05), VPT 3 best; so the noise pruner stops VPT 1 only."""
+
+    def run(self, cfg: Any, parts: Any, on_eval: Any) -> dict[str, Any]:
+        vpt = cfg.embedding.vectors_per_token
+        se = {1: 0.001, 2: 0.05, 3: 0.001}[vpt]
+        level = {1: 0.3, 2: 0.48, 3: 0.5}[vpt]
+        run_dir = Path(cfg.logging.runs_dir) / cfg.logging.experiment / cfg.logging.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for step in range(0, cfg.training.max_steps + 1, cfg.eval.every):
+            on_eval({"step": step, FIDELITY: level + 0.001 * step, FIDELITY + "_se": se, FLEXIBILITY: 0.3})
+        return {"run_dir": str(run_dir), "final_step": cfg.training.max_steps, "stopped": None,
+                "best_step": cfg.training.max_steps, "best_score": level, "plateau_step": None}

@@ -122,9 +122,11 @@ class SweepConfig(Section):
     n_trials: int | None = Field(None, ge=1, description="trials in the study (default: grid size, or 20)")
     sampler: Literal["tpe", "grid", "random"] = "tpe"
     sampler_seed: int | None = None
-    pruner: Literal["none", "median", "hyperband"] = Field(
-        "none", description="prunes on the fidelity reported at each eval step (by optimizer step)"
+    pruner: Literal["none", "median", "hyperband", "noise"] = Field(
+        "none", description="prunes on the fidelity reported at each eval step (by optimizer step); noise: only "
+        "when worse than the best trial at that step beyond both evaluations' standard errors (sweeps.pruning)"
     )
+    pruner_alpha: float = Field(0.01, gt=0, lt=1, description="noise: the one-sided test's level for stopping")
     pruner_startup_trials: int = Field(5, ge=0, description="median: trials that finish before any pruning")
     pruner_warmup_steps: int = Field(0, ge=0, description="median: optimizer steps before a trial can be pruned")
     seeds: list[int] | None = Field(

@@ -32,6 +32,7 @@ from tiframework.sweeps import storage as st
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
 from tiframework.sweeps.population import run_batch, train_members
 from tiframework.sweeps.population_size import choose_size, population_size
+from tiframework.sweeps.pruning import SE_ATTR, NoisePruner
 from tiframework.sweeps.schema import (
     CategoricalParam,
     IntParam,
@@ -155,6 +156,8 @@ def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers
 
 
 def make_pruner(sweep: SweepConfig, base: ExperimentConfig) -> optuna.pruners.BasePruner:
+    if sweep.pruner == "noise":
+        return NoisePruner(sweep.pruner_alpha, sweep.pruner_warmup_steps, sweep.directions[0] == "maximize")
     if sweep.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
                                            n_warmup_steps=sweep.pruner_warmup_steps)
@@ -269,6 +272,7 @@ class Objective:
     def on_eval(self, trial: optuna.Trial, rows: list[dict[str, float]], report: bool):
         # Pruning follows the first seed's curve; later seeds of a surviving trial just run.
         report = report and len(self.sweep.directions) == 1
+        ses: dict[str, float] = {}
 
         def on_eval(row: dict[str, float]) -> None:
             rows.append(row)
@@ -276,10 +280,17 @@ class Objective:
             # Step 0 is the init-text baseline, the same for every setting: nothing to judge yet.
             if not report or step == 0 or value is None or value != value:
                 return
+            se = row.get(FIDELITY + "_se")
+            if se is not None:  # the noise pruner judges a gap against both evaluations' standard errors
+                ses[str(step)] = float(se)
+                trial.set_user_attr(SE_ATTR, dict(ses))
             trial.report(float(value), step)
             if trial.should_prune():
+                reason = getattr(trial.study.pruner, "reasons", {}).get(trial.number) or \
+                    f"fidelity {value:.4f} at step {step} is below the {type(trial.study.pruner).__name__}'s bar"
                 trial.set_user_attr("pruned_at_step", step)
-                raise optuna.TrialPruned(f"fidelity {value:.4f} at step {step} is below the pruner's bar")
+                trial.set_user_attr("prune_reason", reason)
+                raise optuna.TrialPruned(reason)
 
         return on_eval
 
