@@ -200,12 +200,20 @@ def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
     run_sweep(study_sweep(tmp_path, {"a": {}, "b": {}}), runner="run_folders:FolderRunner", progress=False)
     done = compare([str(tmp_path / "runs" / "sweeps" / "cmp")])
     got = read_run(done.out)
-    assert (got["run"].run_group, got["run"].job_type, got["run"].display_name) == ("cmp", "compare", "cmp/compare")
+    # Its own group beside the arms' runs (not an arm-less member of theirs), naming the group it compares.
+    run = got["run"]
+    assert (run.run_group, run.job_type, run.display_name) == ("cmp-compare", "compare", "cmp/compare")
+    assert got["config"]["compares_group"] == "cmp"
     assert got["config"]["arms"] == {"a": {}, "b": {}} and got["config"]["n"] == {"a": 3, "b": 3}
     logged = {k: v for row in got["history"] for k, v in row.items()}
     assert logged["compare/verdicts/_type"] == "table-file"
     assert logged["compare/curve-eval-clip-fidelity/_type"] == "plotly-file"
-    assert got["summary"]["verdict/clip_fidelity/final/a vs b"] == "no detectable difference (identical in every run)"
+    assert logged["compare/eval_images/a/count"] == 3  # each run's images at its last evaluation
+    assert got["summary"]["verdict/clip_fidelity/final/a vs b"].startswith("no difference: identical in every run")
+    assert got["summary"]["diff/clip_fidelity/final/a vs b"] == 0
+    table = json.loads(next(got["dir"].glob("files/media/table/compare/verdicts*.table.json")).read_text())
+    diff = table["columns"].index("diff")
+    assert all(isinstance(row[diff], (int, float)) for row in table["data"])  # numbers, not strings
 
 
 def test_the_catalog_reads_the_names_training_writes():

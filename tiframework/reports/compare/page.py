@@ -168,6 +168,19 @@ def image_grids(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return grids, note
 
 
+def last_eval_images(result: dict[str, Any]) -> dict[str, list[tuple[Path, str]]]:
+    """Per arm, each run's eval images at its last evaluation (for the W&B run), captioned."""
+    out: dict[str, list[tuple[Path, str]]] = {}
+    for arm in result["arms"]:
+        for run, seed in zip(arm["runs"], arm["seeds"], strict=True):
+            found = _step_images(Path(run))
+            if found:
+                step = max(found)
+                out.setdefault(f"compare/eval_images/{arm['name']}", []).append(
+                    (found[step], f"{arm['name']}, seed {seed}, step {step}"))
+    return out
+
+
 def _step_images(run: Path) -> dict[int, Path]:
     folder = run / EVAL_IMAGES
     found = {}

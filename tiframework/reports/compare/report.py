@@ -249,6 +249,28 @@ def write_comparison(result: dict[str, Any], out: Path, html: str, markdown: str
 
 
 
+WANDB_COLUMNS = ["a", "b", "metric", "summary", "diff", "ci_low", "ci_high", "p", "p_holm", "effect_size",
+                 "n_a", "n_b", "test", "verdict"]
+
+
+def wandb_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The verdicts as numbers (None where there is none), so W&B can sort and plot them."""
+    rows = []
+    for p in result["pairs"]:
+        ci = p["ci"] or [None, None]
+        rows.append([p["a"], p["b"], p["metric"], p["summary"], p["diff"], ci[0], ci[1], p["p"], p["p_adjusted"],
+                     p["effect_size"], p["n_a"], p["n_b"], p["test"], p["verdict"]])
+    return WANDB_COLUMNS, rows
+
+
+def wandb_summary(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in result["pairs"]:
+        key = f"{p['metric'].removeprefix('eval/')}/{p['summary']}/{p['a']} vs {p['b']}"
+        out |= {f"verdict/{key}": p["verdict"], f"diff/{key}": p["diff"], f"p_holm/{key}": p["p_adjusted"]}
+    return out
+
+
 @dataclass
 class Compared:
     result: dict[str, Any]
@@ -270,16 +292,16 @@ def compare(targets: list[str], by: list[str] | None = None, study_name: str | N
                              verdicts.markdown(result))
     wandb_dir = None
     if wandb:
-        rows = verdicts.verdict_rows(result)
-        cols = list(verdicts.VERDICT_COLUMNS)
+        cols, rows = wandb_table(result)
+        # Its own group beside the arms' (`<group>-compare`): not an arm-less member of theirs.
         wandb_dir = log_report(
-            project=runset.wandb_project, group=runset.group, name=f"{runset.group}/compare", job_type="compare",
-            config={"source": result["source"], "by": result["by"],
+            project=runset.wandb_project, group=f"{runset.group}-compare", name=f"{runset.group}/compare",
+            job_type="compare",
+            config={"source": result["source"], "by": result["by"], "compares_group": runset.group,
                     "arms": {a["name"]: a["overrides"] for a in result["arms"]},
                     "n": {a["name"]: a["n"] for a in result["arms"]}},
-            tables={"compare/verdicts": (cols, [[r[c] for c in cols] for r in rows])},
+            tables={"compare/verdicts": (cols, rows)},
             plots={f"compare/{p.id}": p.figure for p in curve_plots + seed_plots},
-            summary={f"verdict/{p['metric'].removeprefix('eval/')}/{p['summary']}/{p['a']} vs {p['b']}": p["verdict"]
-                     for p in result["pairs"]},
+            summary=wandb_summary(result), images=page.last_eval_images(result),
             files=[files["json"], files["md"], files["html"]], save_dir=out)
     return Compared(result, out, files, wandb_dir)
