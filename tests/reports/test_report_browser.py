@@ -149,10 +149,16 @@ def test_sweep_report_page_renders_offline(browser, tmp_path):
         "experiment": str(QUICKSTART), "seeds": [0, 1, 2], "sampler": "grid",
         "overrides": {"model.preset": "tiny", "logging.runs_dir": str(tmp_path / "runs"), "logging.wandb": False},
         "space": {VPT: {"type": "categorical", "choices": [1, 2, 4]},
-                  "training.learning_rate": {"type": "categorical", "choices": ["0.02", "0.005"]}}}))
+                  "training.learning_rate": {"type": "categorical", "choices": ["0.02", "0.005"]}},
+        "confirm": {"top": 2, "seeds": 2}}))
     run_sweep(sweep, runner="run_folders:FolderRunner", progress=False)
     out = write_report(str(tmp_path / "runs" / "sweeps" / "search"))
     open_page(browser, out / "report.html")
+    # The confirmed answer leads: above the trial table, the top 2 and the baseline on fresh seeds.
+    confirmed = browser.find_element(By.ID, "confirmed")
+    assert confirmed.rect["y"] < browser.find_element(By.ID, "trial-table").rect["y"]
+    assert "Confirmed best" in confirmed.text and "Winner's curse" in confirmed.text and "Holm p" in confirmed.text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#confirm-table tbody tr")) == 3
     rows = browser.find_elements(By.CSS_SELECTOR, "#trial-table tbody tr")
     assert len(rows) == 6 and all(r.is_displayed() for r in rows)
     headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#trial-table th")]
