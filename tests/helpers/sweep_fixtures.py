@@ -164,3 +164,48 @@ def check_retried(study: Any, n_trials: int) -> None:
     assert fail_reason(dead, trials) == f"worker died (no heartbeat); retried as trial {retries[0].number}"
     assert [t.state.name for t in trials[1:]] == ["COMPLETE"] * n_trials
     assert counted(trials) == n_trials
+
+
+class NoisyRunner(FakeRunner):
+    """Fidelity with a standard error: VPT 1 is far behind (SE 0.001), VPT 2 a little behind but
+    within its large SE (0.05), VPT 3 best; so the noise pruner stops VPT 1 only."""
+
+    def run(self, cfg: Any, parts: Any, on_eval: Any) -> dict[str, Any]:
+        rows, summary = self.rows(cfg)
+        for row in rows:
+            on_eval(row)
+        return summary
+
+    def rows(self, cfg: Any) -> tuple[list[dict[str, float]], dict[str, Any]]:
+        vpt = cfg.embedding.vectors_per_token
+        se, level = {1: 0.001, 2: 0.05, 3: 0.001}.get(vpt, 0.01), {1: 0.3, 2: 0.48, 3: 0.5}.get(vpt, 0.4)
+        run_dir = Path(cfg.logging.runs_dir) / cfg.logging.experiment / cfg.logging.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rows = [{"step": step, FIDELITY: level + 0.001 * step, FIDELITY + "_se": se, FLEXIBILITY: 0.3}
+                for step in range(0, cfg.training.max_steps + 1, cfg.eval.every)]
+        return rows, {"run_dir": str(run_dir), "final_step": cfg.training.max_steps, "stopped": None,
+                      "best_step": cfg.training.max_steps, "best_score": level, "plateau_step": None}
+
+
+class RollingRunner(NoisyRunner):
+    """`run_rolling` without a model: members take turns, one evaluation each, as a population's
+    members evaluate at the same steps; a member that leaves hands its place to the next trial.
+    Records the most members that were ever running at once (`peak`, in a file beside the runs)."""
+
+    def run_rolling(self, cfgs: list[Any], parts: Any, on_evals: list[Any], on_leave: Any) -> None:
+        members = [(i, iter(self.rows(cfg)[0]), cfg) for i, cfg in enumerate(cfgs)]
+        on_evals, peak = list(on_evals), len(members)
+        while members:
+            peak = max(peak, len(members))
+            for member in list(members):
+                index, rows, cfg = member
+                row = next(rows, None)
+                if row is not None and not on_evals[index](row):
+                    continue
+                members.remove(member)
+                nxt = on_leave(index, self.rows(cfg)[1], None)
+                if nxt is not None:
+                    on_evals.append(nxt[1])
+                    members.append((len(on_evals) - 1, iter(self.rows(nxt[0])[0]), nxt[0]))
+        marker = Path(cfgs[0].logging.runs_dir) / "peak"
+        marker.write_text(str(max(peak, int(marker.read_text()) if marker.exists() else 0)))

@@ -45,8 +45,15 @@ def test_a_clear_difference_is_detected_with_its_sign(tmp_path):
     flex = pair(result, "eval/clip_flexibility", "final")
     assert flex["verdict"].startswith("no detectable difference (a difference of ") and flex["seeds_needed"] > 5
     # Holm over every test of the report: adjusted p never below the raw one, and in the same order.
-    tested = [p for p in result["pairs"] if p["p"] is not None]
-    assert all(p["p_adjusted"] >= p["p"] for p in tested) and len(tested) == 8  # 4 metrics x 2 summaries
+    tested = [p for p in result["pairs"] if p["in_family"]]
+    # 4 metrics x 2 summaries, but for attribute accuracy at the end: its paired differences are all
+    # exactly 0.05 (no spread), reported and left out of the family.
+    assert all(p["p_adjusted"] >= p["p"] for p in tested) and len(tested) == 7
+    exact = pair(result, ACC, "final")
+    assert not exact["in_family"] and exact["verdict"].startswith("vectors_per_token=2 better by exactly 0.05")
+    # No run reached a plateau in either arm: reported, but no test for Holm to count.
+    plateau = pair(result, "plateau_reached", "plateau")
+    assert plateau["p_adjusted"] is None and plateau["verdict"].startswith("no difference: identical in every run")
     # Baselines and gains per arm.
     arm = result["metrics"][FID]["arms"]["vectors_per_token=2"]
     assert arm["baseline"]["mean"] == pytest.approx(0.2) and arm["gain_final"]["mean"] == pytest.approx(0.15, abs=0.02)
@@ -61,8 +68,9 @@ def test_identical_arms_give_no_detectable_difference_on_every_metric(tmp_path):
         for seed in range(4):
             write_run(tmp_path / f"v{vpt}-s{seed}", [f"{VPT}={vpt}", f"training.seed={seed}"], curve_rows(0.1, seed))
     result = build_comparison(load_runset([str(tmp_path)], by=[VPT]))
-    verdicts = {p["verdict"] for p in result["pairs"] if p["metric"] != "plateau_step"}
-    assert verdicts == {"no detectable difference (identical in every run)"}
+    verdicts = {p["verdict"] for p in result["pairs"]}
+    assert verdicts == {"no difference: identical in every run (no spread to test; left out of the Holm family)"}
+    assert not any(p["in_family"] for p in result["pairs"]) and result["headline"]
 
 
 def test_unmatched_seeds_use_welch(tmp_path):
@@ -140,9 +148,18 @@ def test_compare_cli_writes_json_markdown_and_html(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert md.index("## Verdicts") < md.index("## Arms") and "| CLIP fidelity | at the last evaluation |" in md
     html = (out / "report.html").read_text()
-    assert html.count('class="plot"') == int(html.split('data-plot-count="')[1].split('"')[0]) == 4 + 4 + 1
+    # per metric: curves, per-seed scores, paired differences; then the plateau
+    assert html.count('class="plot"') == int(html.split('data-plot-count="')[1].split('"')[0]) == 4 + 4 + 4 + 1
     assert html.count('<img src="data:image/jpeg;base64,') == 10 * 4  # 10 runs x 4 eval steps
     assert "<script src=" not in html and "cdn.plot.ly" not in html.split("<body")[1]  # nothing to fetch
+
+
+def test_a_rerun_of_the_same_glob_skips_the_report_folder_it_wrote(tmp_path):
+    """`compare "runs/*" --by KEY` writes runs/compare-<key>/; the same command again matches it too."""
+    two_arms(tmp_path / "runs", (0.15, 0.05), seeds=([0, 1], [0, 1]))
+    for _ in range(2):
+        assert main(["compare", str(tmp_path / "runs" / "*"), "--by", VPT, "--no-wandb"]) == 0
+    assert (tmp_path / "runs" / "compare-vectors_per_token" / "comparison.json").is_file()
 
 
 def study_sweep(root: Path, arms: dict) -> Path:
@@ -165,7 +182,7 @@ def test_compare_a_sweep_with_arms_by_folder_journal_and_recorded_arm(tmp_path):
     arms = done.result["arms"]
     assert [(a["name"], a["overrides"], a["seeds"]) for a in arms] == [
         ("wide", {VPT: 16}, [0, 1, 2]), ("narrow", {VPT: 2}, [0, 1, 2])]  # the sweep file's order
-    assert pair(done.result, FID, "final")["verdict"] == "wide better" and done.result["group"] == "cmp"
+    assert pair(done.result, FID, "final")["verdict"].startswith("wide better") and done.result["group"] == "cmp"
     # The journal file, and the run folders alone (arms from logging.arm), give the same numbers.
     again = build_comparison(load_runset([str(folder / "journal.log")]))
     loose = build_comparison(load_runset([str(folder / "wide"), str(folder / "narrow")]))
@@ -183,12 +200,20 @@ def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
     run_sweep(study_sweep(tmp_path, {"a": {}, "b": {}}), runner="run_folders:FolderRunner", progress=False)
     done = compare([str(tmp_path / "runs" / "sweeps" / "cmp")])
     got = read_run(done.out)
-    assert (got["run"].run_group, got["run"].job_type, got["run"].display_name) == ("cmp", "compare", "cmp/compare")
+    # Its own group beside the arms' runs (not an arm-less member of theirs), naming the group it compares.
+    run = got["run"]
+    assert (run.run_group, run.job_type, run.display_name) == ("cmp-compare", "compare", "cmp/compare")
+    assert got["config"]["compares_group"] == "cmp"
     assert got["config"]["arms"] == {"a": {}, "b": {}} and got["config"]["n"] == {"a": 3, "b": 3}
     logged = {k: v for row in got["history"] for k, v in row.items()}
     assert logged["compare/verdicts/_type"] == "table-file"
     assert logged["compare/curve-eval-clip-fidelity/_type"] == "plotly-file"
-    assert got["summary"]["verdict/clip_fidelity/final/a vs b"] == "no detectable difference (identical in every run)"
+    assert logged["compare/eval_images/a/count"] == 3  # each run's images at its last evaluation
+    assert got["summary"]["verdict/clip_fidelity/final/a vs b"].startswith("no difference: identical in every run")
+    assert got["summary"]["diff/clip_fidelity/final/a vs b"] == 0
+    table = json.loads(next(got["dir"].glob("files/media/table/compare/verdicts*.table.json")).read_text())
+    diff = table["columns"].index("diff")
+    assert all(isinstance(row[diff], (int, float)) for row in table["data"])  # numbers, not strings
 
 
 def test_the_catalog_reads_the_names_training_writes():

@@ -102,15 +102,33 @@ def test_compare_report_renders_offline(browser, tmp_path):
         for seed in range(3):
             write_run(tmp_path / "runs" / f"v{vpt}-s{seed}", [f"{VPT}={vpt}", f"training.seed={seed}"],
                       curve_rows(level, 10 * seed + vpt), images=True)
-    done = compare([str(tmp_path / "runs")], by=[VPT], out_dir=tmp_path / "out", wandb=False)
+    done = compare([str(tmp_path / "runs")], by=[VPT], out_dir=tmp_path / "out", wandb=False,
+                   a="vectors_per_token=16", b="vectors_per_token=2", margin=0.05)
     open_page(browser, done.files["html"])
+    # The answer first, one row per metric, with the direction chosen by --a/--b and the equivalence margin.
+    answer = browser.find_elements(By.CSS_SELECTOR, "#answer-table tbody tr")
+    assert len(answer) == len(done.result["headline"]) and "B (vectors_per_token=2) better" in answer[0].text
+    assert "within ±0.05 (TOST" in answer[0].text and "A = vectors_per_token=16" in browser.page_source
     rows = browser.find_elements(By.CSS_SELECTOR, "#verdict-table tbody tr")
     assert len(rows) == len(done.result["pairs"]) and all(r.is_displayed() for r in rows)
     assert "vectors_per_token=2 better" in rows[0].text
-    # The verdicts come first: above every plot.
+    # Answer above verdicts above every plot; the intervals say they are per test.
+    answer_top = browser.find_element(By.ID, "answer-table").rect["y"]
     table_top = browser.find_element(By.ID, "verdict-table").rect["y"]
+    assert answer_top < table_top
     assert all(f.rect["y"] > table_top for f in browser.find_elements(By.CSS_SELECTOR, "figure.plot"))
-    assert every_plot_drew(browser) == 2 * len(done.result["metrics"]) + 1
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#verdict-table th")]
+    assert "A − B [95% CI, per test]" in headers
+    # No run plateaued in either arm: a degenerate test, shown and left out of Holm's family.
+    assert "left out of the Holm family" in rows[-1].text and "runs that reached a plateau" in rows[-1].text
+    assert "higher is worse" in browser.find_element(By.ID, "verdict-table").text  # the fried score
+    arm_text = browser.find_element(By.ID, "arm-table").text
+    assert "chosen checkpoint step" in arm_text
+    # Every run here was scored on one eval image set: the report says so.
+    assert "same eval images" in browser.find_element(By.ID, "notes").text
+    tested = sum(m["tested"] for m in done.result["metrics"].values())
+    assert every_plot_drew(browser) == 2 * len(done.result["metrics"]) + tested + 1  # + a paired-difference plot each
+    assert browser.find_element(By.CSS_SELECTOR, "figure[data-plot-id='diff-eval-clip-fidelity']").is_displayed()
     images = browser.find_elements(By.CSS_SELECTOR, ".image-grid img")
     assert len(images) == 6 * 4 and all(browser.execute_script("return arguments[0].naturalWidth", i) == 96
                                         for i in images)
@@ -131,10 +149,16 @@ def test_sweep_report_page_renders_offline(browser, tmp_path):
         "experiment": str(QUICKSTART), "seeds": [0, 1, 2], "sampler": "grid",
         "overrides": {"model.preset": "tiny", "logging.runs_dir": str(tmp_path / "runs"), "logging.wandb": False},
         "space": {VPT: {"type": "categorical", "choices": [1, 2, 4]},
-                  "training.learning_rate": {"type": "categorical", "choices": ["0.02", "0.005"]}}}))
+                  "training.learning_rate": {"type": "categorical", "choices": ["0.02", "0.005"]}},
+        "confirm": {"top": 2, "seeds": 2}}))
     run_sweep(sweep, runner="run_folders:FolderRunner", progress=False)
     out = write_report(str(tmp_path / "runs" / "sweeps" / "search"))
     open_page(browser, out / "report.html")
+    # The confirmed answer leads: above the trial table, the top 2 and the baseline on fresh seeds.
+    confirmed = browser.find_element(By.ID, "confirmed")
+    assert confirmed.rect["y"] < browser.find_element(By.ID, "trial-table").rect["y"]
+    assert "Confirmed best" in confirmed.text and "Winner's curse" in confirmed.text and "Holm p" in confirmed.text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#confirm-table tbody tr")) == 3
     rows = browser.find_elements(By.CSS_SELECTOR, "#trial-table tbody tr")
     assert len(rows) == 6 and all(r.is_displayed() for r in rows)
     headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#trial-table th")]

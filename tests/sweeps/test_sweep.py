@@ -263,10 +263,17 @@ def test_shipped_sweep_runs_on_the_tiny_preset(tmp_path, monkeypatch, name, tria
     assert " ".join(CI_OVERRIDES) in flat and f"--n-trials {trials} --study-name ci-{name}" in flat
     argv = ["sweep", f"sweeps/{name}.yaml", *CI_OVERRIDES, f"logging.runs_dir={tmp_path}", "--n-trials", str(trials),
             "--study-name", f"ci-{name}"]
+    confirm = "confirm:" in header
+    if confirm:
+        assert f"--study-name ci-{name} --confirm 1x2" in flat
+        argv += ["--confirm", "1x2"]
     assert main(argv) == 0
     study = open_study(str(tmp_path / "sweeps" / f"ci-{name}"), None)[0]
     assert len(study.trials) == trials and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     assert main(["sweep-report", str(tmp_path / "sweeps" / f"ci-{name}")]) == 0
+    if confirm:  # the top trial and the baseline on 2 fresh seeds, and the report leads with them
+        assert len(open_study(str(tmp_path / "sweeps" / f"ci-{name}-confirm"), None)[0].trials) == 4
+        assert "## Confirmed answer" in (tmp_path / "sweeps" / f"ci-{name}" / "report" / "trials.md").read_text()
     if "arms:" in header:
         assert main(["compare", str(tmp_path / "sweeps" / f"ci-{name}"), "--no-wandb"]) == 0
         result = json.loads((tmp_path / "sweeps" / f"ci-{name}" / "compare" / "comparison.json").read_text())

@@ -17,7 +17,8 @@ def _compare(args: argparse.Namespace) -> int:
     from tiframework.reports.compare.report import compare
     from tiframework.reports.compare.verdicts import terminal
 
-    done = compare(args.targets, by=args.by, study_name=args.study_name, out_dir=args.out, wandb=not args.no_wandb)
+    done = compare(args.targets, by=args.by, study_name=args.study_name, out_dir=args.out, wandb=not args.no_wandb,
+                   margin=args.margin, a=args.a, b=args.b)
     arms = ", ".join(f"{a['name']} (n={a['n']})" for a in done.result["arms"])
     print(f"arms: {arms}")
     for note in done.result["notes"]:
@@ -44,5 +45,10 @@ def register(subparsers) -> None:
                    "default: the arms a sweep recorded")
     p.add_argument("--study-name", help="the study, when the storage holds several")
     p.add_argument("--out", help="output folder (default: <sweep folder>/compare, or beside the run folders)")
+    p.add_argument("--margin", type=float, default=0.02,
+                   help="equivalence margin: 'A is as good as B' when A - B is shown within ±MARGIN by two one-sided "
+                   "t-tests (TOST; default 0.02, about the seed-to-seed spread of a fidelity mean over 32 images)")
+    p.add_argument("--a", metavar="ARM", help="the arm to call A (differences are A - B); default: the first arm")
+    p.add_argument("--b", metavar="ARM", help="the arm to call B; default: the next arm")
     p.add_argument("--no-wandb", action="store_true", help="do not log the comparison as a W&B run")
     p.set_defaults(func=_compare)

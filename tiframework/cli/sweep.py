@@ -16,6 +16,7 @@ def _sweep(args: argparse.Namespace) -> int:
     # torch and friends: imported when the command runs, so --help stays fast
     import optuna
 
+    from tiframework.sweeps.confirm import parse_confirm
     from tiframework.sweeps.launch import all_failed, run_sweep
     from tiframework.sweeps.population_size import parse_population
 
@@ -25,7 +26,8 @@ def _sweep(args: argparse.Namespace) -> int:
     optuna.logging.enable_propagation()
     summary = run_sweep(args.sweep, args.overrides, storage=args.storage, n_trials=args.n_trials,
                         workers=args.workers, study_name=args.study_name, fresh=args.fresh,
-                        population=None if args.population is None else parse_population(args.population))
+                        population=None if args.population is None else parse_population(args.population),
+                        confirm=False if args.no_confirm else parse_confirm(args.confirm) if args.confirm else None)
     print(json.dumps(summary, indent=2, default=str))
     failed = all_failed(summary)
     if failed:
@@ -68,6 +70,11 @@ def register(subparsers) -> None:
                    "as if it trained alone (K trials of an arms or grid sweep, K points asked of TPE); auto: from "
                    "the device and its free memory; 1: one run at a time. Pruning sweeps use 1 "
                    "(default: the sweep file's population:, else auto)")
+    p.add_argument("--confirm", metavar="TOPxSEEDS",
+                   help="after a search, train its TOP best configurations and the base experiment's settings "
+                   "again on SEEDS fresh seeds as a comparison (study <study>-confirm), e.g. 3x5; default: the "
+                   "sweep file's confirm:")
+    p.add_argument("--no-confirm", action="store_true", help="skip the sweep file's confirmation stage")
     p.add_argument("--fresh", action="store_true",
                    help="start the study over: move the existing one (and its run folders) aside to "
                    "<study>-old-<time>, never deleting it; run it with no worker of that study running")

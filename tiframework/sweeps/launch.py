@@ -22,8 +22,9 @@ import optuna
 
 from tiframework.errors import UserError
 from tiframework.logs import configure_logging
+from tiframework.sweeps import confirm as cf
 from tiframework.sweeps import storage as st
-from tiframework.sweeps.schema import check_study_name, load_sweep, sweep_dir
+from tiframework.sweeps.schema import ConfirmConfig, SweepConfig, check_study_name, load_sweep, sweep_dir
 from tiframework.sweeps.worker import SweepProgress, WorkerSpec, counted, run_worker
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Prepared:
     study: optuna.Study
     loc: st.StudyLocation
     folder: Path  # <runs_dir>/sweeps/<study>: the trials' run folders
+    sweep: SweepConfig
 
 
 def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
@@ -109,22 +111,36 @@ def prepare(sweep_path: str | os.PathLike[str], overrides: list[str] | None = No
     if fresh:
         for line in st.move_aside(loc, folder, name) or ["nothing to move: the study does not exist yet"]:
             log.info("--fresh: %s", line)
+        if sweep.space:  # a search's confirmation study starts over with it
+            confirm_name = cf.confirm_study_name(name)
+            confirm_folder = sweep_dir(base, confirm_name)
+            for line in st.move_aside(_confirm_location(storage, confirm_folder), confirm_folder, confirm_name):
+                log.info("--fresh: %s", line)
     study = st.create_study(sweep, base, st.open_storage(loc, sweep), name, loc)
     log.info("study %s (%s): %d of %d trials exist; runs go to %s",
              name, loc.describe(), counted(study.get_trials(deepcopy=False)), total, folder)
     spec = WorkerSpec(str(sweep.path), tuple(overrides), storage, name, total, 0, progress, runner,
                       population=population)
-    return Prepared(spec, study, loc, folder)
+    return Prepared(spec, study, loc, folder, sweep)
+
+
+def _confirm_location(storage: str | None, folder: Path) -> st.StudyLocation:
+    """A database holds the confirmation study beside the search; a journal file gets its own folder."""
+    loc = st.locate(storage, folder)
+    return loc if loc.url is not None else st.locate(None, folder)
 
 
 def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = None, *,
               storage: str | None = None, n_trials: int | None = None, workers: int = 1,
               study_name: str | None = None, runner: str | None = None,
               pruner: optuna.pruners.BasePruner | None = None, progress: bool = True,
-              fresh: bool = False, population: int | str | None = None) -> dict[str, Any]:
+              fresh: bool = False, population: int | str | None = None,
+              confirm: ConfirmConfig | bool | None = None) -> dict[str, Any]:
     """Run a sweep to `n_trials` trials in total (those already in the study count); return a summary.
 
-    `runner` ("module:Class") and `pruner` are test hooks; `pruner` works in-process only.
+    `confirm`: run the search's confirmation stage after it (a `ConfirmConfig`, or True/None for
+    the sweep file's `confirm:`; False skips it). `runner` ("module:Class") and `pruner` are test
+    hooks; `pruner` works in-process only.
     """
     if workers < 1:
         raise UserError("--workers must be at least 1")
@@ -136,7 +152,16 @@ def run_sweep(sweep_path: str | os.PathLike[str], overrides: list[str] | None = 
         if pruner is not None:
             raise ValueError("a pruner object cannot be sent to spawned workers; use workers=1")
         results = _spawn(dataclasses.replace(p.spec, workers=workers), workers, p.study, progress)
-    return study_summary(p.study, p.loc, p.folder, results)
+    summary = study_summary(p.study, p.loc, p.folder, results)
+    stage = p.sweep.confirm if confirm is None or confirm is True else confirm or None
+    if stage is not None and p.sweep.space and summary["states"].get("COMPLETE"):
+        path = cf.write_confirm_sweep(p.sweep, p.study, stage)
+        if path is not None:
+            log.info("confirm: training the search's top configurations on fresh seeds (%s)", path)
+            summary["confirm"] = run_sweep(path, overrides, storage=storage if p.loc.url else None,
+                                           workers=workers, runner=runner, progress=progress,
+                                           population=population, confirm=False)
+    return summary
 
 
 def failure_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:

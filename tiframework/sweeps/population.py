@@ -34,7 +34,7 @@ from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
 from tiframework.training.population.module import MemberCallback
-from tiframework.training.population.train import check_compatible, train_population
+from tiframework.training.population.train import check_compatible, open_member, plan_member, train_population
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,37 @@ def train_members(cfgs: Sequence[ExperimentConfig], parts: Any,
         raise PopulationFailed(exc, dict(relay.finished)) from exc
 
 
+class _Rolling(MemberCallback):
+    """A rolling population (`sweeps.rolling`): a member whose trial is pruned stops at once; one that
+    leaves hands its place to the next trial's run, which joins at its own step 0."""
+
+    def __init__(self, on_evals: Sequence[Callable[[dict[str, float]], bool]], on_leave: Callable[..., Any]):
+        self.on_evals, self.on_leave = list(on_evals), on_leave
+
+    def on_member_eval(self, trainer, population, member, row) -> None:
+        if self.on_evals[member.index](row):
+            member.request_stop()  # pruned: it leaves after this step, its trial told PRUNED
+
+    def on_member_leave(self, trainer, population, member) -> None:
+        nxt = self.on_leave(member.index, member.summary, None)
+        while nxt is not None:
+            cfg, on_eval = nxt
+            index = len(self.on_evals)
+            self.on_evals.append(on_eval)
+            try:
+                check_compatible([population.members[0].cfg, cfg])
+                population.join(open_member(plan_member(index, cfg, population.parts), population.parts))
+                return
+            except Exception as exc:  # fails this trial only; the next one takes the place
+                nxt = self.on_leave(index, None, exc)
+
+
+def train_rolling(cfgs: Sequence[ExperimentConfig], parts: Any, on_evals: Sequence[Callable[[dict[str, float]], bool]],
+                  on_leave: Callable[..., Any]) -> None:
+    """`train_population` as a rolling population (a Runner's `run_rolling`, see `sweeps.rolling`)."""
+    train_population(cfgs, parts=parts, callbacks=[_Rolling(on_evals, on_leave)])
+
+
 class Heartbeats:
     """Heartbeats for every trial of a batch while it trains (`study.optimize` beats for its one
     trial only), so another worker's `fail_stale_trials` does not take them for dead."""
@@ -90,8 +121,11 @@ class Heartbeats:
 
     def _beat(self, interval: int) -> None:
         while True:
-            for trial_id in self.trial_ids:
-                self.storage.record_heartbeat(trial_id)
+            for trial_id in list(self.trial_ids):  # a rolling population adds and removes trials
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except optuna.exceptions.UpdateFinishedTrialError:  # told between the copy and the beat
+                    pass
             if self._stop.wait(interval):
                 return
 
@@ -160,7 +194,7 @@ def _population(objective: Any, chunk: list[Job], on_evals: list[Any], numbers: 
             job.summary, job.seconds, job.together = summaries[i], seconds, numbers
 
 
-def _tell(study: optuna.Study, objective: Any, trial: optuna.Trial, jobs: list[Job]) -> None:
+def tell_trial(study: optuna.Study, objective: Any, trial: optuna.Trial, jobs: list[Job]) -> None:
     """Score the trial's runs as a lone trial's, then tell the study (COMPLETE or FAIL)."""
     trial.set_user_attr("model_load_saved_s", round(sum(j.saved_s for j in jobs), 3))
     together = sorted({n for j in jobs for n in j.together})
@@ -202,7 +236,7 @@ def run_batch(study: optuna.Study, storage: BaseStorage | None, objective: Any,
             for first in range(0, len(jobs), size):
                 _train_chunk(objective, trials, jobs[first:first + size])
         for slot, trial in enumerate(trials):
-            _tell(study, objective, trial, [j for j in jobs if j.slot == slot])
+            tell_trial(study, objective, trial, [j for j in jobs if j.slot == slot])
             told.add(slot)
             if progress is not None:
                 progress(study, trial)

@@ -11,9 +11,11 @@ use at once and what its memory holds. `auto` picks:
   estimated memory per member (`sizing.memory.estimate_step_memory`, issue 13's
   fake-tensor count), at most `GPU_MOST` (the largest K the benchmark measures).
 
-Pruning judges a trial at each evaluation against trials that finished before it, which
-a population of trials running side by side would change, so a sweep with a pruner runs
-one trial at a time (said in the log, also when a K was asked for).
+Pruning judges a trial at each evaluation against trials told before it. A search with a
+pruner and one run per trial trains as a rolling population (`sweeps.rolling`: a member that
+finishes or is pruned hands its place to the next trial), sized as above; other pruning
+sweeps (`seeds:` with several seeds, a runner without `run_rolling`) run one trial at a time
+(said in the log, also when a K was asked for).
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ def parse_population(text: str) -> int | str:
 
 
 def choose_size(requested: int | str, *, pruner: str, memory: MemberMemory | None, workers: int = 1,
-                why_no_memory: str = "") -> PopulationSize:
-    """K for a worker, with the reason logged. `memory` None: no estimate (`why_no_memory`)."""
-    if pruner != "none":
+                why_no_memory: str = "", rolling: bool = False) -> PopulationSize:
+    """K for a worker, with the reason logged. `memory` None: no estimate (`why_no_memory`).
+    `rolling`: pruning with a rolling population (`sweeps.rolling`), sized like any other."""
+    if pruner != "none" and not rolling:
         asked = f"; --population {requested} is not used" if requested not in ("auto", 1) else ""
         return PopulationSize(1, f"pruning is on (pruner: {pruner}), and populations are for searches without "
                                  f"pruning: one trial at a time{asked}")
@@ -125,12 +128,13 @@ def member_memory(sweep: SweepConfig, base: ExperimentConfig) -> MemberMemory:
 
 
 def population_size(requested: int | str, sweep: SweepConfig, base: ExperimentConfig,
-                    workers: int = 1) -> PopulationSize:
+                    workers: int = 1, rolling: bool = False) -> PopulationSize:
     """`choose_size` with this machine's memory (estimated only when `auto` needs it)."""
     memory, why = None, ""
-    if requested == "auto" and sweep.pruner == "none":
+    if requested == "auto" and (sweep.pruner == "none" or rolling):
         try:
             memory = member_memory(sweep, base)
         except Exception as exc:  # the estimate is a guide; a sweep must not fail on it
             why = f"{type(exc).__name__}: {exc}"[:200]
-    return choose_size(requested, pruner=sweep.pruner, memory=memory, workers=workers, why_no_memory=why)
+    return choose_size(requested, pruner=sweep.pruner, memory=memory, workers=workers, why_no_memory=why,
+                       rolling=rolling)

@@ -80,6 +80,14 @@ class FloatParam(Section):
 
 
 Param = Annotated[CategoricalParam | IntParam | FloatParam, Field(discriminator="type")]
+
+
+class ConfirmConfig(Section):
+    """After a search: its best configurations trained again on fresh seeds, as a comparison."""
+
+    top: int = Field(3, ge=1, description="the search's best K configurations (by objective value) to confirm")
+    seeds: int = Field(5, ge=2, description="fresh training seeds per configuration, none of the search's")
+    baseline: bool = Field(True, description="also confirm the base experiment's own settings (arm `baseline`)")
 Direction = Literal["maximize", "minimize"]
 OBJECTIVES: dict[str, list[str]] = {
     # objective -> the names of its values, in order (shown in reports and dashboards)
@@ -114,15 +122,21 @@ class SweepConfig(Section):
     n_trials: int | None = Field(None, ge=1, description="trials in the study (default: grid size, or 20)")
     sampler: Literal["tpe", "grid", "random"] = "tpe"
     sampler_seed: int | None = None
-    pruner: Literal["none", "median", "hyperband"] = Field(
-        "none", description="prunes on the fidelity reported at each eval step (by optimizer step)"
+    pruner: Literal["none", "median", "hyperband", "noise"] = Field(
+        "none", description="prunes on the fidelity reported at each eval step (by optimizer step); noise: only "
+        "when worse than the best trial at that step beyond both evaluations' standard errors (sweeps.pruning)"
     )
+    pruner_alpha: float = Field(0.01, gt=0, lt=1, description="noise: the one-sided test's level for stopping")
     pruner_startup_trials: int = Field(5, ge=0, description="median: trials that finish before any pruning")
     pruner_warmup_steps: int = Field(0, ge=0, description="median: optimizer steps before a trial can be pruned")
     seeds: list[int] | None = Field(
         None, min_length=1, description="training.seed values; each configuration runs once per seed (mean)"
     )
     study_name: str | None = Field(None, description="default: the sweep file's stem")
+    confirm: ConfirmConfig | None = Field(
+        None, description="after the search, re-train the top configurations (and the baseline) on fresh seeds as "
+        "a comparison study `<study>-confirm`; sweep-report leads with its answer",
+    )
     population: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="runs a worker trains at once through one frozen model (`train_population`), each "
         "a trial's run as if alone; auto: from the device and its free memory; 1 with pruning (`--population` wins)",
@@ -140,6 +154,8 @@ class SweepConfig(Section):
         n = len(OBJECTIVES[self.objective])
         if isinstance(self.direction, list) and len(self.direction) != n:
             raise ValueError(f"direction lists {len(self.direction)} values; objective {self.objective} has {n}")
+        if self.confirm is not None and (self.arms is not None or n > 1):
+            raise ValueError("confirm: needs a search (space:) with a single objective")
         if n > 1 and self.pruner != "none":
             raise ValueError("pruning needs a single objective (Optuna cannot prune multi-objective trials)")
         if self.sampler == "grid":

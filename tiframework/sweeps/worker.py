@@ -30,8 +30,10 @@ from tiframework.sd.models import load_model
 from tiframework.sweeps import arms
 from tiframework.sweeps import storage as st
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
-from tiframework.sweeps.population import run_batch, train_members
+from tiframework.sweeps.population import run_batch, train_members, train_rolling
 from tiframework.sweeps.population_size import choose_size, population_size
+from tiframework.sweeps.pruning import SE_ATTR
+from tiframework.sweeps.rolling import run_rolling
 from tiframework.sweeps.schema import (
     CategoricalParam,
     IntParam,
@@ -41,6 +43,7 @@ from tiframework.sweeps.schema import (
     sweep_dir,
 )
 from tiframework.sweeps.schema import trial_overrides as make_trial_overrides
+from tiframework.sweeps.search import make_pruner, make_sampler
 from tiframework.training.train import train
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ class TrainRunner:
 
     def run_population(self, cfgs: list[ExperimentConfig], parts: Any, on_evals: list[Any]) -> list[dict[str, Any]]:
         return train_members(cfgs, parts, on_evals)
+
+    def run_rolling(self, cfgs: list[ExperimentConfig], parts: Any, on_evals: list[Any], on_leave: Any) -> None:
+        train_rolling(cfgs, parts, on_evals, on_leave)
 
 
 def resolve_runner(ref: str | None) -> Runner:
@@ -129,44 +135,6 @@ def worker_seed(sweep: SweepConfig, spec: WorkerSpec, loc: st.StudyLocation) -> 
     if sweep.sampler == "grid" or sweep.sampler_seed is None or (spec.workers == 1 and loc.journal is not None):
         return sweep.sampler_seed
     return zlib.crc32(f"{sweep.sampler_seed}:{socket.gethostname()}:{os.getpid()}:{spec.worker}".encode())
-
-
-class Grid(optuna.samplers.GridSampler):
-    """Optuna's grid, without its `study.stop()` once the grid is used up: that works only inside
-    `study.optimize`, and a population batch tells its trials outside it. The worker stops
-    asking by the trial count anyway (a grid's `total_trials` is at most its size)."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def make_sampler(sweep: SweepConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if sweep.arms:  # every trial is enqueued with its arm and seed: nothing to sample
-            return optuna.samplers.RandomSampler(seed=seed)
-        if sweep.sampler == "grid":
-            grid = {k: p.choices for k, p in sweep.space.items() if isinstance(p, CategoricalParam)}
-            return Grid(grid, seed=seed)
-        if sweep.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        # constant_liar: parallel workers do not all sample the same point while trials run.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
-def make_pruner(sweep: SweepConfig, base: ExperimentConfig) -> optuna.pruners.BasePruner:
-    if sweep.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
-                                           n_warmup_steps=sweep.pruner_warmup_steps)
-    if sweep.pruner == "hyperband":
-        # Resources are optimizer steps: the first rung is the first evaluation.
-        steps = sweep.space.get("training.max_steps")
-        longest = base.training.max_steps
-        if steps is not None:
-            longest = max(steps.choices) if isinstance(steps, CategoricalParam) else int(steps.high)
-        low = max(1, base.eval.every)
-        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=max(longest, low + 1))
-    return optuna.pruners.NopPruner()
 
 
 class SweepProgress:
@@ -269,6 +237,7 @@ class Objective:
     def on_eval(self, trial: optuna.Trial, rows: list[dict[str, float]], report: bool):
         # Pruning follows the first seed's curve; later seeds of a surviving trial just run.
         report = report and len(self.sweep.directions) == 1
+        ses: dict[str, float] = {}
 
         def on_eval(row: dict[str, float]) -> None:
             rows.append(row)
@@ -276,10 +245,17 @@ class Objective:
             # Step 0 is the init-text baseline, the same for every setting: nothing to judge yet.
             if not report or step == 0 or value is None or value != value:
                 return
+            se = row.get(FIDELITY + "_se")
+            if se is not None:  # the noise pruner judges a gap against both evaluations' standard errors
+                ses[str(step)] = float(se)
+                trial.set_user_attr(SE_ATTR, dict(ses))
             trial.report(float(value), step)
             if trial.should_prune():
+                reason = getattr(trial.study.pruner, "reasons", {}).get(trial.number) or \
+                    f"fidelity {value:.4f} at step {step} is below the {type(trial.study.pruner).__name__}'s bar"
                 trial.set_user_attr("pruned_at_step", step)
-                raise optuna.TrialPruned(f"fidelity {value:.4f} at step {step} is below the pruner's bar")
+                trial.set_user_attr("prune_reason", reason)
+                raise optuna.TrialPruned(reason)
 
         return on_eval
 
@@ -307,13 +283,32 @@ def _ask(study: optuna.Study, objective: Objective, n_trials: int, most: int) ->
     return batch
 
 
+def rolls(sweep: SweepConfig, runner: Runner, pruning: str) -> bool:
+    """A search with a pruner and one run per trial trains as a rolling population (`sweeps.rolling`)."""
+    return pruning != "none" and not sweep.arms and len(sweep.seeds or [None]) == 1 and hasattr(runner, "run_rolling")
+
+
 def _run_trials(study: optuna.Study, objective: Objective, gate: st.TrialGate, n_trials: int,
                 poll_s: float, progress: SweepProgress | None, population: int = 1,
-                storage: optuna.storages.BaseStorage | None = None) -> int:
+                storage: optuna.storages.BaseStorage | None = None, rolling: bool = False) -> int:
     """Run trials until the study holds n_trials counted ones and none is left to retry; with
-    `population` > 1, as many trials at a time as fill a population of that many runs."""
+    `population` > 1, as many trials at a time as fill a population of that many runs (`rolling`:
+    a member that finishes or is pruned hands its place to the next trial)."""
     ran = 0
     runs_per_trial = 1 if objective.sweep.arms else len(objective.sweep.seeds or [None])
+
+    def ask(n: int) -> list[tuple[optuna.Trial, dict]]:
+        with gate:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            return _ask(study, objective, n_trials, n)
+
+    while rolling and population > 1:
+        started = run_rolling(study, storage, objective, ask, population, progress)
+        ran += started
+        if not started:
+            break
     while True:
         with gate:
             with warnings.catch_warnings():
@@ -345,13 +340,14 @@ def _population_size(spec: WorkerSpec, sweep: SweepConfig, runner: Runner,
                      pruner: optuna.pruners.BasePruner | None) -> int:
     """Runs this worker trains at once (`population_size`), logged with the reason."""
     requested = spec.population if spec.population is not None else sweep.population
-    if not hasattr(runner, "run_population"):
+    pruning = sweep.pruner if pruner is None else type(pruner).__name__
+    rolling = rolls(sweep, runner, pruning)
+    if not hasattr(runner, "run_rolling" if rolling else "run_population"):
         if requested not in ("auto", 1):
             log.info("worker %d: population 1: this runner trains one run at a time", spec.worker)
         return 1
-    pruning = sweep.pruner if pruner is None else type(pruner).__name__
-    size = choose_size(requested, pruner=pruning, memory=None) if pruning != "none" else \
-        population_size(requested, sweep, sweep.base, spec.workers)
+    size = choose_size(requested, pruner=pruning, memory=None) if pruning != "none" and not rolling else \
+        population_size(requested, sweep, sweep.base, spec.workers, rolling=rolling)
     log.info("worker %d: population %d: %s", spec.worker, size.k, size.reason)
     return size.k
 
@@ -374,10 +370,11 @@ def run_worker(spec: WorkerSpec, pruner: optuna.pruners.BasePruner | None = None
     objective = Objective(sweep, base, spec.study_name, runner, parts, load_s,
                           st.open_gate(loc, folder, spec.study_name), spec.worker, run_progress=spec.progress)
     size = _population_size(spec, sweep, runner, pruner)
+    rolling = rolls(sweep, runner, sweep.pruner if pruner is None else type(pruner).__name__)
     progress = SweepProgress(study, spec.n_trials) if spec.progress else None
     try:
         ran = _run_trials(study, objective, objective.gate, spec.n_trials,
-                          min(5.0, sweep.heartbeat_interval), progress, size, storage)
+                          min(5.0, sweep.heartbeat_interval), progress, size, storage, rolling)
     finally:
         if progress:
             progress.close()

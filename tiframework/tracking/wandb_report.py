@@ -34,11 +34,13 @@ def wandb_mode() -> str:
 
 def log_report(*, project: str | None, group: str, name: str, job_type: str, config: dict[str, Any],
                tables: dict[str, tuple[list[str], list[list[Any]]]], plots: dict[str, Any],
-               summary: dict[str, Any], files: list[Path], save_dir: Path) -> Path | None:
+               summary: dict[str, Any], files: list[Path], save_dir: Path,
+               images: dict[str, list[tuple[Path, str]]] | None = None) -> Path | None:
     """A report (e.g. `compare`'s verdicts and plots) as its own W&B run in the runs' group.
 
     Offline unless W&B is configured, like training runs; finished even when logging raises.
-    `plots` are plotly figures; `files` go into one Artifact. Returns the run's folder.
+    `plots` are plotly figures; `images`: key -> (image file, caption) pairs; `files` go into one
+    Artifact. Returns the run's folder.
     """
     mode = wandb_mode()
     if mode == "disabled":
@@ -48,7 +50,9 @@ def log_report(*, project: str | None, group: str, name: str, job_type: str, con
                      name=name, job_type=job_type, config=config, dir=str(save_dir), mode=mode)
     try:
         run.log({key: wandb.Table(columns=cols, data=rows) for key, (cols, rows) in tables.items()}
-                | {key: wandb.Plotly(fig) for key, fig in plots.items()})
+                | {key: wandb.Plotly(fig) for key, fig in plots.items()}
+                | {key: [wandb.Image(str(path), caption=caption) for path, caption in pairs]
+                   for key, pairs in (images or {}).items()})
         for key, value in summary.items():
             run.summary[key] = value
         artifact = wandb.Artifact(name=re.sub(r"[^\w.-]", "-", f"{group}-{job_type}"), type=job_type)

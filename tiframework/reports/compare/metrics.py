@@ -39,13 +39,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("eval/trait_leak", "trait leak (tagger)", "lower", True),
     # 1 = as saturated and detailed as the reference art; above eval.fried_threshold looks
     # fried. Below 1 is washed out, so lower is not simply better.
-    Metric("eval/fried", "fried score (1 = like the reference)", None, True),
+    Metric("eval/fried", "fried score (1 = like the reference; above it, higher is worse)", None, True),
     # Shown as curves; not tested: best-match fidelity mostly repeats fidelity, and the norm
     # is a diagnostic. Testing them would only cost the others power under Holm.
     Metric(FIDELITY_BEST_MATCH, "CLIP fidelity, best reference match", "higher", False),
     Metric("eval/vector_norm", "mean vector norm", None, False),
 )
-PLATEAU = Metric("plateau_step", "plateau step (optimizer steps)", None, True)
+# Tested as the share of runs that reached a plateau (Fisher's exact test), per arm.
+PLATEAU = Metric("plateau_reached", "runs that reached a plateau (share)", None, True)
+# Rates over images: their per-arm interval is a bootstrap over seeds, which stays within [0, 1].
+RATES = ("eval/trait_leak", "eval/trait_recall", "eval/attribute_accuracy")
 # Per-run summaries compared between arms: the score at the checkpoint chosen on the
 # selection seeds (no peeking at the compared numbers), and at the last evaluation.
 SUMMARIES = {"best": "at the chosen checkpoint", "final": "at the last evaluation"}

@@ -1,6 +1,7 @@
-"""`report.html` of a comparison: the verdict table, then per metric the curves over steps
-(mean line and 95% band per arm, each seed's points), the per-seed scores at the chosen
-checkpoint and at the end, the plateau steps, and the eval images arm x step.
+"""`report.html` of a comparison: the answer and the verdict table, then per metric the curves
+over steps (mean line and 95% band per arm, each seed's points), the per-seed scores at the
+chosen checkpoint and at the end, the paired differences (one point per seed), the plateau
+steps, and the eval images arm x step.
 """
 
 from __future__ import annotations
@@ -81,6 +82,46 @@ def seed_figure(metric: dict[str, Any], key: str) -> Plot:
                 "black diamond: the arm's mean with its 95% interval over seeds.")
 
 
+def _differences(metric: dict[str, Any], a: str, b: str, kind: str) -> list[tuple[Any, float]]:
+    """(seed, A - B) for every seed both arms measured (empty unless the arms' seeds match)."""
+    va = {r["seed"]: r[kind] for r in metric["arms"][a]["per_seed"] if r[kind] is not None}
+    vb = {r["seed"]: r[kind] for r in metric["arms"][b]["per_seed"] if r[kind] is not None}
+    if None in va or set(va) != set(vb):
+        return []
+    return [(s, va[s] - vb[s]) for s in sorted(va)]
+
+
+def diff_figure(result: dict[str, Any], key: str) -> Plot | None:
+    """Per pair of arms with matched seeds: each seed's difference A - B, and the mean with its interval."""
+    metric, kinds = result["metrics"][key], list(text.SUMMARIES)
+    pairs = [p for p in result["pairs"] if p["metric"] == key and p["test"] == "paired t"]
+    names = list(dict.fromkeys((p["a"], p["b"]) for p in pairs))
+    if not names:
+        return None
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[text.SUMMARIES[k] for k in kinds], shared_yaxes=True)
+    for col, kind in enumerate(kinds, start=1):
+        for i, (a, b) in enumerate(names):
+            diffs = _differences(metric, a, b, kind)
+            fig.add_trace(go.Scatter(
+                x=[i + o for o in _offsets(len(diffs))], y=[d for _, d in diffs], mode="markers",
+                marker={"color": color(i), "size": 8}, name=f"{a} − {b}", showlegend=col == 1,
+                text=[f"seed {s}" for s, _ in diffs], hovertemplate="%{text}: %{y:.3g}<extra></extra>"), row=1, col=col)
+            row = next((p for p in pairs if (p["a"], p["b"], p["summary"]) == (a, b, kind)), None)
+            if row and row["ci"]:
+                fig.add_trace(go.Scatter(
+                    x=[i + 0.32], y=[row["diff"]], mode="markers", marker={"color": "black", "symbol": "diamond"},
+                    error_y={"type": "data", "symmetric": False, "array": [row["ci"][1] - row["diff"]],
+                             "arrayminus": [row["diff"] - row["ci"][0]]}, showlegend=False,
+                    hovertemplate="mean %{y:.3g} (95% CI, per test)<extra></extra>"), row=1, col=col)
+        fig.add_hline(y=0, line={"color": "grey", "dash": "dot"}, row=1, col=col)
+        fig.update_xaxes(tickvals=list(range(len(names))), ticktext=[f"{a} − {b}" for a, b in names],
+                         range=[-0.6, len(names) - 0.4], row=1, col=col)
+    fig.update_yaxes(title=f"A − B, {metric['label']}", row=1, col=1)
+    return plot(fig, slug("diff", key), f"{metric['label']}: paired differences, one point per seed",
+                "Dots: A − B for one training seed (both arms trained with it); black diamond: the mean "
+                "difference with its 95% interval (per test). Dots on both sides of 0: the seeds disagree.")
+
+
 def plateau_figure(plateau: dict[str, Any]) -> Plot:
     """Runs per plateau reason and arm (bars); the plateau step of each run that reached one."""
     arms, reasons = list(plateau), sorted({r for p in plateau.values() for r in p["reasons"]})
@@ -127,6 +168,19 @@ def image_grids(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return grids, note
 
 
+def last_eval_images(result: dict[str, Any]) -> dict[str, list[tuple[Path, str]]]:
+    """Per arm, each run's eval images at its last evaluation (for the W&B run), captioned."""
+    out: dict[str, list[tuple[Path, str]]] = {}
+    for arm in result["arms"]:
+        for run, seed in zip(arm["runs"], arm["seeds"], strict=True):
+            found = _step_images(Path(run))
+            if found:
+                step = max(found)
+                out.setdefault(f"compare/eval_images/{arm['name']}", []).append(
+                    (found[step], f"{arm['name']}, seed {seed}, step {step}"))
+    return out
+
+
 def _step_images(run: Path) -> dict[int, Path]:
     folder = run / EVAL_IMAGES
     found = {}
@@ -140,7 +194,9 @@ def _step_images(run: Path) -> dict[int, Path]:
 def figures(result: dict[str, Any]) -> tuple[list[Plot], list[Plot]]:
     """(one curve plot per metric, one per-seed plot per metric + the plateau plot)."""
     curve_plots = [curve_figure(m, k) for k, m in result["metrics"].items()]
-    seed_plots = [seed_figure(m, k) for k, m in result["metrics"].items()] + [plateau_figure(result["plateau"])]
+    diffs = [diff_figure(result, k) for k, m in result["metrics"].items() if m["tested"]]
+    seed_plots = [seed_figure(m, k) for k, m in result["metrics"].items()] + [d for d in diffs if d is not None]
+    seed_plots.append(plateau_figure(result["plateau"]))
     return curve_plots, seed_plots
 
 
@@ -152,6 +208,7 @@ def html(result: dict[str, Any], curve_plots: list[Plot], seed_plots: list[Plot]
     return render(
         "compare.html.j2", title=f"Comparison: {result['group']}", arms_line=arms_line, result=result,
         verdict_columns=text.verdict_columns(result), verdict_rows=text.verdict_rows(result),
+        headline_columns=text.headline_columns(result), headline_rows=result["headline"],
         pair_line=text.pair_line(result),
         detected=lambda row: "detected" if row.get("detected") == "yes" else "",
         curve_plots=curve_plots, seed_plots=seed_plots, grids=grids, images_note=images_note,

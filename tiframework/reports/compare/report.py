@@ -23,10 +23,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tiframework.errors import UserError
 from tiframework.fileio import atomic_write_text
 from tiframework.reports import stats
-from tiframework.reports.compare import page, pairs, verdicts
-from tiframework.reports.compare.metrics import FIDELITY, PLATEAU, SELECT_FIDELITY, SUMMARIES, Metric, present
+from tiframework.reports.compare import headline, page, pairs, verdicts
+from tiframework.reports.compare.metrics import (
+    FIDELITY,
+    PLATEAU,
+    RATES,
+    SELECT_FIDELITY,
+    SUMMARIES,
+    Metric,
+    present,
+)
 from tiframework.reports.compare.runset import Arm, Run, RunSet
 from tiframework.reports.compare.targets import load_runset
 from tiframework.tracking.wandb_report import log_report
@@ -69,8 +78,8 @@ def run_values(run: Run, metrics: list[Metric]) -> dict[str, Any]:
             "has_se": any(k.endswith("_se") for r in run.rows for k in r)}
 
 
-def _interval(values: list[float | None]) -> dict[str, Any] | None:
-    iv = stats.mean_interval(values)
+def _interval(values: list[float | None], rate: bool = False) -> dict[str, Any] | None:
+    iv = stats.bootstrap_interval(values) if rate else stats.mean_interval(values)
     return iv.as_dict() if iv else None
 
 
@@ -92,7 +101,7 @@ def arm_metric(arm: Arm, per_run: list[dict[str, Any]], metric: Metric) -> dict[
 
     return {
         "curve": curves(arm, metric),
-        **{kind: _interval([v[kind] for v in vals]) for kind in ("baseline", *SUMMARIES)},
+        **{kind: _interval([v[kind] for v in vals], metric.key in RATES) for kind in ("baseline", *SUMMARIES)},
         **{f"gain_{kind}": _interval(gains(kind)) for kind in SUMMARIES},
         "per_seed": [{"seed": p["seed"], "run": p["run"], "best_step": p["best_step"]}
                      | {k: v[k] for k in ("baseline", "best", "best_se", "final", "final_se")}
@@ -122,12 +131,11 @@ def pair_tests(names: list[str], per_run: dict[str, list[dict[str, Any]]], metri
 
                 t = pairs.paired_or_welch(seeds(a, value), seeds(b, value))
                 rows.append(pairs.pair_row(a, b, m.key, kind, t, m.label, m.better))
-        plateau = pairs.paired_or_welch(seeds(a, lambda p: p["plateau_step"]), seeds(b, lambda p: p["plateau_step"]))
-        row = pairs.pair_row(a, b, PLATEAU.key, "plateau", plateau, PLATEAU.label, PLATEAU.better)
-        left_out = sum(p["plateau_step"] is None for p in per_run[a] + per_run[b])
-        if left_out:
-            row["note"] = f"{left_out} run(s) without a plateau left out (their plateau is after their last step)"
-        rows.append(row)
+        # Whether runs reached a plateau at all, not the step of those that did: a mean step over
+        # the runs that plateaued hides the ones that never did (read as "0 [0, 0]" when 9 of 24 did not).
+        reached = pairs.reached_test([p["plateau_step"] is not None for p in per_run[a]],
+                                     [p["plateau_step"] is not None for p in per_run[b]])
+        rows.append(pairs.pair_row(a, b, PLATEAU.key, "plateau", reached, PLATEAU.label, PLATEAU.better))
     return pairs.conclude(rows)
 
 
@@ -152,7 +160,24 @@ def fallback_notes(per_run: dict[str, list[dict[str, Any]]]) -> list[str]:
     return notes
 
 
-def build_comparison(runset: RunSet) -> dict[str, Any]:
+def order_arms(arms: list[Arm], a: str | None, b: str | None) -> list[Arm]:
+    """`--a` first and `--b` second (the direction of every "A - B"); the rest as they came."""
+    names = [x.name for x in arms]
+    for chosen in (a, b):
+        if chosen is not None and chosen not in names:
+            raise UserError(f"--a/--b {chosen!r}: no such arm (arms: {', '.join(names)})")
+    first = [x for name in (a, b) for x in arms if name is not None and x.name == name]
+    return first + [x for x in arms if x not in first]
+
+
+def shares_images(runs: list[Run]) -> bool:
+    """Every run scored on the one eval image set (seeds not following the training seed)."""
+    return len(runs) > 1 and not any(r.flat.get("eval.seeds_follow_training_seed") for r in runs)
+
+
+def build_comparison(runset: RunSet, margin: float = headline.MARGIN, a: str | None = None,
+                     b: str | None = None) -> dict[str, Any]:
+    runset.arms = order_arms(runset.arms, a, b)
     arms = [a for a in runset.arms if a.runs]
     metrics = present([r.rows for a in arms for r in a.runs])
     per_run = {a.name: [run_values(r, metrics) for r in a.runs] for a in arms}
@@ -162,11 +187,12 @@ def build_comparison(runset: RunSet) -> dict[str, Any]:
         keys = ", ".join(sorted(runset.confounders))
         notes.append(f"the arms also differ in {keys}: a difference cannot be put down to "
                      f"{', '.join(runset.by) or 'the arm settings'} alone")
-    return {
+    result = {
         "version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": runset.source, "group": runset.group, "by": runset.by,
         "method": method(),
         "arms": [{"name": a.name, "overrides": a.overrides, "n": len(a.runs), "seeds": a.seeds,
+                  "best_steps": [p["best_step"] for p in per_run.get(a.name, [])],
                   "runs": [str(r.path) for r in a.runs], "excluded": a.excluded} for a in runset.arms],
         "confounders": runset.confounders, "notes": notes,
         "metrics": {m.key: {"label": m.label, "better": m.better, "tested": m.tested,
@@ -174,6 +200,10 @@ def build_comparison(runset: RunSet) -> dict[str, Any]:
         "plateau": {a.name: arm_plateau(per_run[a.name]) for a in arms},
         "pairs": pair_tests([a.name for a in arms], per_run, metrics),
     }
+    result["equivalence"] = headline.equivalence(result, margin)
+    result["headline"] = headline.headline(result)
+    result["notes"] += headline.seed_notes(result, shares_images([r for a in arms for r in a.runs]))
+    return result
 
 
 def method() -> dict[str, Any]:
@@ -181,12 +211,20 @@ def method() -> dict[str, Any]:
         "interval": f"two-sided {stats.LEVEL:.0%} Student-t interval of the mean over seeds (n - 1 df)",
         "tests": "paired t-test on per-seed differences when every seed ran in both arms, else Welch's t-test",
         "effect_size": "paired: d_z = mean difference / sd of differences; Welch: Cohen's d with the pooled sd",
-        "correction": f"Holm over every test in the report, family-wise alpha {stats.ALPHA}",
+        "correction": f"Holm over every test in the report, family-wise alpha {stats.ALPHA}; a test with no "
+                      "spread in either arm (every run identical) is reported but left out of the family",
+        "intervals_of_differences": "95% per test, not adjusted for the number of tests: an interval that "
+                                    "excludes 0 with a Holm p above 0.05 is not a detected difference",
+        "rates": "attribute accuracy, trait recall and trait leak per arm: percentile bootstrap over seeds (2000 "
+                 "resamples), which stays within [0, 1]",
+        "plateau": "share of runs that reached a plateau: Fisher's exact test, Newcombe interval",
+        "equivalence": "two one-sided t-tests (TOST, paired when the seeds match) against ±margin, Holm over "
+                       "the equivalence tests",
         "power": f"seeds per arm for {stats.POWER:.0%} power to detect the observed difference with the observed "
                  f"sd, two-sided at alpha {stats.ALPHA} / number of tests (the Bonferroni bound Holm starts from)",
         "summaries": {"best": "held-out score at the checkpoint chosen on the selection seeds (best_step)",
                       "final": "held-out score at the last evaluation",
-                      "plateau": "plateau_step over the runs that reached one"},
+                      "plateau": "whether each run reached a plateau (plateau_step set)"},
     }
 
 
@@ -211,6 +249,28 @@ def write_comparison(result: dict[str, Any], out: Path, html: str, markdown: str
 
 
 
+WANDB_COLUMNS = ["a", "b", "metric", "summary", "diff", "ci_low", "ci_high", "p", "p_holm", "effect_size",
+                 "n_a", "n_b", "test", "verdict"]
+
+
+def wandb_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The verdicts as numbers (None where there is none), so W&B can sort and plot them."""
+    rows = []
+    for p in result["pairs"]:
+        ci = p["ci"] or [None, None]
+        rows.append([p["a"], p["b"], p["metric"], p["summary"], p["diff"], ci[0], ci[1], p["p"], p["p_adjusted"],
+                     p["effect_size"], p["n_a"], p["n_b"], p["test"], p["verdict"]])
+    return WANDB_COLUMNS, rows
+
+
+def wandb_summary(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in result["pairs"]:
+        key = f"{p['metric'].removeprefix('eval/')}/{p['summary']}/{p['a']} vs {p['b']}"
+        out |= {f"verdict/{key}": p["verdict"], f"diff/{key}": p["diff"], f"p_holm/{key}": p["p_adjusted"]}
+    return out
+
+
 @dataclass
 class Compared:
     result: dict[str, Any]
@@ -220,10 +280,11 @@ class Compared:
 
 
 def compare(targets: list[str], by: list[str] | None = None, study_name: str | None = None,
-            out_dir: str | Path | None = None, wandb: bool = True) -> Compared:
+            out_dir: str | Path | None = None, wandb: bool = True, margin: float = headline.MARGIN,
+            a: str | None = None, b: str | None = None) -> Compared:
     """Load the arms, compare them, write the report files and (unless `wandb=False`) a W&B run."""
     runset = load_runset(targets, by, study_name)
-    result = build_comparison(runset)
+    result = build_comparison(runset, margin, a, b)
     out = Path(out_dir) if out_dir else runset.default_out
     out.mkdir(parents=True, exist_ok=True)
     curve_plots, seed_plots = page.figures(result)
@@ -231,16 +292,16 @@ def compare(targets: list[str], by: list[str] | None = None, study_name: str | N
                              verdicts.markdown(result))
     wandb_dir = None
     if wandb:
-        rows = verdicts.verdict_rows(result)
-        cols = list(verdicts.VERDICT_COLUMNS)
+        cols, rows = wandb_table(result)
+        # Its own group beside the arms' (`<group>-compare`): not an arm-less member of theirs.
         wandb_dir = log_report(
-            project=runset.wandb_project, group=runset.group, name=f"{runset.group}/compare", job_type="compare",
-            config={"source": result["source"], "by": result["by"],
+            project=runset.wandb_project, group=f"{runset.group}-compare", name=f"{runset.group}/compare",
+            job_type="compare",
+            config={"source": result["source"], "by": result["by"], "compares_group": runset.group,
                     "arms": {a["name"]: a["overrides"] for a in result["arms"]},
                     "n": {a["name"]: a["n"] for a in result["arms"]}},
-            tables={"compare/verdicts": (cols, [[r[c] for c in cols] for r in rows])},
+            tables={"compare/verdicts": (cols, rows)},
             plots={f"compare/{p.id}": p.figure for p in curve_plots + seed_plots},
-            summary={f"verdict/{p['metric'].removeprefix('eval/')}/{p['summary']}/{p['a']} vs {p['b']}": p["verdict"]
-                     for p in result["pairs"]},
+            summary=wandb_summary(result), images=page.last_eval_images(result),
             files=[files["json"], files["md"], files["html"]], save_dir=out)
     return Compared(result, out, files, wandb_dir)

@@ -77,7 +77,8 @@ def _split(runs: list[Run], arms: list[Arm]) -> None:
 
 def from_run_folders(targets: list[str], by: list[str]) -> RunSet:
     dirs: list[Path] = []
-    for path in expand(targets):
+    # A glob such as `runs/*` also matches the report a previous `compare` wrote beside the runs.
+    for path in [p for p in expand(targets) if not (p / "comparison.json").is_file()]:
         found = find_run_dirs(path)
         if not found:
             raise UserError(f"{path}: no run folder here (a run folder holds config.yaml and eval.csv)")

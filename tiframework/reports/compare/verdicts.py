@@ -5,14 +5,16 @@ The formatting helpers are shared with the HTML report, so both show the same nu
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from tiframework.reports.compare.metrics import SUMMARIES
 
-SUMMARY_LABELS = SUMMARIES | {"plateau": "over the runs that reached one"}
+SUMMARY_LABELS = SUMMARIES | {"plateau": "share of runs"}
 
 
-def num(x: Any, digits: int = 4) -> str:
+def num(x: Any, digits: int = 3) -> str:
+    """Every number of the report to 3 significant figures (p-values: `pval`)."""
     if x is None:
         return "–"
     if isinstance(x, float):
@@ -55,7 +57,7 @@ def verdict_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-VERDICT_COLUMNS = {"pair": "A vs B", "metric": "metric", "summary": "score", "diff": "A − B [95% CI]",
+VERDICT_COLUMNS = {"pair": "A vs B", "metric": "metric", "summary": "score", "diff": "A − B [95% CI, per test]",
                    "p": "p", "p_adjusted": "p (Holm)", "effect": "effect size", "test": "test", "n": "n (A / B)",
                    "verdict": "verdict"}
 
@@ -105,18 +107,39 @@ def plateau_rows(result: dict[str, Any]) -> tuple[dict[str, str], list[dict[str,
     return columns, rows
 
 
+def chosen_steps(steps: list[int]) -> str:
+    """The chosen checkpoints' steps over an arm's runs: `80` when all agree, else `median 80 (40–120)`."""
+    if not steps:
+        return "–"
+    ordered = sorted(steps)
+    if ordered[0] == ordered[-1]:
+        return str(ordered[0])
+    return f"median {statistics.median(ordered):g} ({ordered[0]}–{ordered[-1]})"
+
+
 def arm_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     return [{"arm": a["name"], "settings": settings(a["overrides"]), "n": str(a["n"]),
-             "seeds": ", ".join(str(s) for s in a["seeds"]), "left_out": str(len(a["excluded"]))}
+             "seeds": ", ".join(str(s) for s in a["seeds"]), "chosen": chosen_steps(a.get("best_steps", [])),
+             "left_out": str(len(a["excluded"]))}
             for a in result["arms"]]
 
 
-ARM_COLUMNS = {"arm": "arm", "settings": "settings", "n": "runs", "seeds": "seeds", "left_out": "left out"}
+ARM_COLUMNS = {"arm": "arm", "settings": "settings", "n": "runs", "seeds": "seeds",
+               "chosen": "chosen checkpoint step", "left_out": "left out"}
+HEADLINE_COLUMNS = {"pair": "A vs B", "metric": "metric", "answer": "answer"}
+
+
+def headline_columns(result: dict[str, Any]) -> dict[str, str]:
+    if len({h["pair"] for h in result["headline"]}) == 1:
+        return {k: v for k, v in HEADLINE_COLUMNS.items() if k != "pair"}
+    return HEADLINE_COLUMNS
 
 
 def method_lines(result: dict[str, Any]) -> list[str]:
     m = result["method"]
-    return [f"- intervals: {m['interval']}", f"- tests: {m['tests']}", f"- effect sizes: {m['effect_size']}",
+    return [f"- intervals: {m['interval']}", f"- intervals of differences: {m['intervals_of_differences']}",
+            f"- rates: {m['rates']}", f"- tests: {m['tests']}", f"- plateau: {m['plateau']}",
+            f"- equivalence: {m['equivalence']}", f"- effect sizes: {m['effect_size']}",
             f"- p-values: {m['correction']}", f"- seeds needed: {m['power']}",
             *(f"- {SUMMARY_LABELS[k]}: {v}" for k, v in m["summaries"].items()),
             "- 'no detectable difference' means these seeds cannot tell the arms apart, not that they are equal."]
@@ -125,6 +148,7 @@ def method_lines(result: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Comparison: {result['group']}", "",
              f"Source: `{result['source']}`; arms defined by: {', '.join(result['by']) or 'the sweep'}.", "",
+             "## Answer", "", pair_line(result), "", *_table(headline_columns(result), result["headline"]), "",
              "## Verdicts", "", pair_line(result), "", *_table(verdict_columns(result), verdict_rows(result)), "",
              "## Arms", "", *_table(ARM_COLUMNS, arm_rows(result)), ""]
     if result["notes"]:
@@ -137,6 +161,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def terminal(result: dict[str, Any]) -> str:
-    """The verdicts, one line per test, for the command's output."""
-    return "\n".join(f"{r['pair']}: {r['metric']} {r['summary']}: {r['diff']}, p (Holm) {r['p_adjusted']}: "
+    """The answer per metric, then the verdicts, one line per test, for the command's output."""
+    answer = [f"answer: {h['pair']}: {h['metric']}: {h['answer']}" for h in result["headline"]]
+    return "\n".join(answer) + "\n" + "\n".join(f"{r['pair']}: {r['metric']} {r['summary']}: {r['diff']}, p (Holm) {r['p_adjusted']}: "
                      f"{r['verdict']}" for r in verdict_rows(result))

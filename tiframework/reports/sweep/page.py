@@ -94,8 +94,10 @@ def param_figure(study: optuna.Study, key: str, param: str, index: int) -> Plot 
                 "interval over its seeds (other parameters differ between points).")
 
 
-def write_html(study: optuna.Study, rows: list[dict[str, Any]], summary: str, out: Path) -> Path:
-    """`report.html` of a sweep: the trial table with intervals, then the interactive plots."""
+def write_html(study: optuna.Study, rows: list[dict[str, Any]], summary: str, out: Path,
+               confirmed: dict[str, Any] | None = None) -> Path:
+    """`report.html` of a sweep: the confirmed answer (`confirmed`: headline lines, columns, rows) when
+    the search has one, the trial table with intervals, then the interactive plots."""
     key = INTERVAL_KEYS[0]
     # A comparison's `seed` parameter is a replicate, not a setting: no plot against it.
     params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params} - {"seed"})
@@ -103,7 +105,7 @@ def write_html(study: optuna.Study, rows: list[dict[str, Any]], summary: str, ou
     columns = {c: c for c in (rows[0] if rows else {})}
     shown = [{c: _cell(r[c]) for c in columns} for r in rows]
     page = render("sweep.html.j2", title=f"Sweep report: {study.study_name}", summary=summary, columns=columns,
-                  rows=shown, plots=[p for p in plots if p is not None])
+                  rows=shown, plots=[p for p in plots if p is not None], confirmed=confirmed)
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
 

@@ -125,7 +125,29 @@ def _as_rate(value: Any) -> float | None:
     return rate if finite(rate) and rate > 0 else None
 
 
-def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
+def _confirmed_points(confirm: dict[str, Any] | None) -> list[tuple[Any, dict[str, Any], str]]:
+    """(learning rate, plateau-step interval, label) of each confirmed configuration that found plateaus."""
+    out = []
+    for c in (confirm or {}).get("configs", []):
+        step = c["plateau"]["step"]
+        if LR in c["params"] and step:
+            out.append((c["params"][LR], step, f"{c['arm']}: {step['n']}/{c['plateau']['n']}"))
+    return out
+
+
+def _draw_confirmed(ax: Any, points: list[tuple[Any, dict[str, Any], str]], x: Any) -> None:
+    if not points:
+        return
+    lows = [iv["mean"] - (iv["ci"] or [iv["mean"]])[0] for _, iv, _ in points]
+    highs = [(iv["ci"] or [0, iv["mean"]])[1] - iv["mean"] for _, iv, _ in points]
+    ax.errorbar([x(r) for r, _, _ in points], [iv["mean"] for _, iv, _ in points], yerr=[lows, highs], fmt="D",
+                color="tab:red", capsize=5, label="confirmed on fresh seeds: mean and 95% interval")
+    for rate, iv, label in points:
+        ax.annotate(label, (x(rate), iv["mean"]), textcoords="offset points", xytext=(6, -10), fontsize="x-small",
+                    color="tab:red")
+
+
+def plateau_vs_lr(study: optuna.Study, out: Path, confirm: dict[str, Any] | None = None) -> str:
     pts, others, totals = [], [], Counter()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if LR not in t.params:
@@ -141,7 +163,8 @@ def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
         return f"skipped: no complete trial varies {LR}"
     fig = _figure()
     ax = fig.subplots()
-    rates = [p[0] for p in pts] + [o[0] for o in others]
+    confirmed = _confirmed_points(confirm)
+    rates = [p[0] for p in pts] + [o[0] for o in others] + [c[0] for c in confirmed]
     numeric = all(_as_rate(r) is not None for r in rates)
     labels = sorted({str(r) for r in rates})
 
@@ -157,6 +180,7 @@ def plateau_vs_lr(study: optuna.Study, out: Path) -> str:
         sel = [o for o in others if o[1] == reason]
         if sel:
             ax.scatter([x(o[0]) for o in sel], [o[2] for o in sel], marker=marker, color=color, label=label)
+    _draw_confirmed(ax, confirmed, x)
     if numeric:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log range
@@ -192,9 +216,10 @@ def pareto(study: optuna.Study, out: Path) -> str:
     return "pareto.png"
 
 
-def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
+def write_plots(study: optuna.Study, out: Path, confirm: dict[str, Any] | None = None) -> dict[str, str]:
+    """The PNGs; `confirm` (`confirmed.confirmation`) adds the confirmed plateaus to plateau vs learning rate."""
     made = {"optimization history": history(study, out), "fidelity vs VPT": fidelity_vs_vpt(study, out),
-            "plateau step vs learning rate": plateau_vs_lr(study, out)}
+            "plateau step vs learning rate": plateau_vs_lr(study, out, confirm)}
     if len(study.directions) > 1:
         made["Pareto front"] = pareto(study, out)
     return made

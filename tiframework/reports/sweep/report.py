@@ -8,7 +8,10 @@ Writes (atomically) into the output folder:
 - `history.png` (objective per trial and best so far), `fidelity_vs_vpt.png` (mean ± std
   over seeds per trial), `plateau_vs_lr.png` (seeds without a plateau drawn at their final
   step by reason, and counted), and `pareto.png` for two objectives;
-- `report.html`: the trial table and interactive plots of each trial's mean with its 95%
+- with a confirmation stage (`confirm:`), first of all the confirmed answer
+  (`reports.sweep.confirmed`): the best configuration on fresh seeds with its interval, its
+  difference to the baseline with Holm p, the winner's curse and the plateaus; also `confirmed.json`;
+- `report.html`: the confirmed answer, the trial table and interactive plots of each trial's mean with its 95%
   interval over seeds (also `*_ci_low`/`*_ci_high` columns in the tables).
 A plot whose parameter the sweep did not vary is skipped, and the markdown says so.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tiframework.fileio import atomic_write_text
-from tiframework.reports.sweep import plots
+from tiframework.reports.sweep import confirmed, plots
 from tiframework.reports.sweep.page import with_intervals, write_html
 from tiframework.reports.sweep.trials import objective_names, open_study, trial_rows
 from tiframework.sweeps import storage as st
@@ -72,8 +76,9 @@ def state_line(rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{n} {s.lower()}" for s, n in states.items() if n) + f" ({len(rows)} trials)"
 
 
-def markdown(study: optuna.Study, rows: list[dict[str, Any]], imps: dict[str, Any], plots: dict[str, str]) -> str:
-    lines = [f"# Sweep report: {study.study_name}", "", state_line(rows),
+def markdown(study: optuna.Study, rows: list[dict[str, Any]], imps: dict[str, Any], plots: dict[str, str],
+             confirm: dict[str, Any] | None = None) -> str:
+    lines = [f"# Sweep report: {study.study_name}", "", *confirmed.markdown_section(confirm), state_line(rows),
              "", "Per-trial means over seeds with 95% t-intervals (`_ci_low`, `_ci_high`); interactive: report.html"]
     if rows:
         cols = list(rows[0])
@@ -100,8 +105,15 @@ def write_report(target: str, study_name: str | None = None, out_dir: str | Path
     out = Path(out_dir) if out_dir else default_out_dir(loc, study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     rows = with_intervals(trial_rows(study), study)
-    made = plots.write_plots(study, out)
+    confirm = confirmed.confirmation(study, loc)
+    made = plots.write_plots(study, out, confirm)
     atomic_write_text(out / "trials.csv", _csv_text(rows))
-    atomic_write_text(out / "trials.md", markdown(study, rows, importances(study), made))
-    write_html(study, rows, state_line(rows), out)
+    atomic_write_text(out / "trials.md", markdown(study, rows, importances(study), made, confirm))
+    page = None
+    if confirm is not None:
+        atomic_write_text(out / "confirmed.json", json.dumps(confirm, indent=2, default=str) + "\n")
+        table = confirmed.confirm_rows(confirm)
+        page = {"headline": confirmed.headline(confirm), "columns": {c: c for c in (table[0] if table else {})},
+                "rows": table}
+    write_html(study, rows, state_line(rows), out, page)
     return out

@@ -98,6 +98,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row["plateau_reasons"] = reasons_text(plateau_reasons(t))
         row["seeds"] = len(t.user_attrs.get("seeds", {}))
         row["pruned_at_step"] = t.user_attrs.get("pruned_at_step", "")
+        row["prune_reason"] = t.user_attrs.get("prune_reason", "")
         row["duration_s"] = round(t.duration.total_seconds(), 1) if t.duration else ""
         row["model_load_saved_s"] = t.user_attrs.get("model_load_saved_s", "")
         row["fail_reason"] = fail_reason(t, trials)
