@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiframework.reports.runset import Arm, Run, check_provenance
 
 from tiframework.errors import UserError
+from tiframework.reports.compare.runset import Arm, Run, check_provenance
 
 
 def run(name: str, data: str = "sha256:aa", commit: str = "c0ffee", dirty: bool = False) -> Run:

@@ -14,7 +14,7 @@ from tiframework.config import ValidationConfig
 from tiframework.data.dataset import Item
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import load_embedding
-from tiframework.training.population import train_population
+from tiframework.training.population.train import train_population
 from tiframework.training.train import train
 from tiframework.training.validation import split_items
 
