@@ -142,7 +142,9 @@ def write_odd(kind: str, data: Path) -> str:
     if kind == "16-bit image (lint)":
         Image.fromarray(np.asarray(noise.convert("L"), dtype=np.uint16) * 257).save(data / "odd.png")
     elif kind == "image with transparency (lint)":
-        noise.convert("RGBA").save(data / "odd.png")
+        rgba = noise.convert("RGBA")
+        rgba.paste((0, 0, 0, 0), (0, 0, 40, 40))  # a see-through corner (an opaque alpha channel is no finding)
+        rgba.save(data / "odd.png")
     else:
         Image.new("RGB", (300, 300), "red").save(data / "odd.png")
         Image.new("RGB", (300, 300), "blue").save(data / "flat.png")

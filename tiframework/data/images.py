@@ -100,10 +100,12 @@ def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int
 
 
 def pixel_format(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[str, bool]:
-    """(PIL mode, has transparency) from the header only, before `to_rgb` converts it."""
+    """(PIL mode, has transparency), before `to_rgb` converts it. An alpha channel counts only
+    when some pixel is see-through: a fully opaque one trains exactly as an RGB image would."""
     with _open_checked(Path(path), max_pixels) as image:
-        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-        return image.mode, alpha
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            return image.mode, image.getchannel("A").getextrema()[0] < 255
+        return image.mode, "transparency" in image.info
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
