@@ -233,6 +233,22 @@ def _fit(trainer: pl.Trainer, module: TextualInversionModule, loader: DataLoader
             raise RunInterrupted(interrupted_message(stop.received, folder.path, path, step)) from None
 
 
+def training_inputs(cfg: ExperimentConfig, parts: SDParts, total: int
+                    ) -> tuple[Path, list[Item], list[Item], list[str], Start]:
+    """The dataset folder, its training and held-out items, the files skipped, and where training
+    starts; a resume already at the end of the budget is refused. Population members read theirs
+    the same way."""
+    data_dir = resolve_data_path(cfg.data.path, "data.path")
+    bucket_step = cfg.data.bucket_step or parts.bucket_step
+    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+    items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
+    start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
+    if start.step >= total:
+        raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
+                        "raise training.max_steps or extend training.learning_rate")
+    return data_dir, items, held_out, skipped + held_skipped, start
+
+
 def run_provenance(cfg: ExperimentConfig, parts: SDParts, data_dir: Path, runtime: Runtime) -> dict[str, Any]:
     """provenance.json: code, packages, device, command line, dataset and model hashes."""
     preset_dir = TOYWORLD_DIR if parts.source == "preset:toyworld" else None
@@ -276,16 +292,9 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
     preflight(cfg, fresh)  # everything that needs no model: bad input fails in well under a second
     log.info(model_line(cfg))
     total = planned_steps(cfg)
-    data_dir = resolve_data_path(cfg.data.path, "data.path")
     parts = parts or load_model(cfg.model)
     runtime = run_runtime(cfg, parts)
-    bucket_step = cfg.data.bucket_step or parts.bucket_step
-    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
-    items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
-    start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
-    if start.step >= total:
-        raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
-                        "raise training.max_steps or extend training.learning_rate")
+    data_dir, items, held_out, skipped, start = training_inputs(cfg, parts, total)
     evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
     origin = run_provenance(cfg, parts, data_dir, runtime)
 
@@ -311,7 +320,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
         torch.manual_seed(cfg.training.seed)
         log.info("training %s for %d steps on %s", cfg.embedding.name, total - start.step, runtime.summary_line())
         _fit(trainer, module, loader, stop, folder, cfg.embedding.name)
-        summary, final = _finish(cfg, module, folder, watchers, skipped + held_skipped + latents.skipped, runtime,
+        summary, final = _finish(cfg, module, folder, watchers, skipped + latents.skipped, runtime,
                                  start, stop.received)
         summary.update(validation.summary())
         tracker.finish(summary, final)

@@ -30,7 +30,6 @@ import torch
 from tiframework.config import ExperimentConfig
 from tiframework.data.dataset import (
     Item,
-    scan_folder,
 )
 from tiframework.data.latents import Latents, encode_latents
 from tiframework.data.sources import resolve_data_path
@@ -62,13 +61,12 @@ from tiframework.training.train import (
     open_run_folder,
     run_provenance,
     run_runtime,
-    starting_point,
     stream_loader,
+    training_inputs,
 )
 from tiframework.training.validation import (
     ValidationRecord,
     ValidationSet,
-    training_and_held_out,
 )
 from tiframework.training.vector_log import TelemetryLog
 
@@ -130,19 +128,12 @@ def plan_member(index: int, cfg: ExperimentConfig, parts: SDParts) -> Plan:
     try:
         preflight(cfg)  # as a solo run: data, templates, name, schedule, and a run folder free to write
         total = training_steps(cfg.training)
-        data_dir = resolve_data_path(cfg.data.path, "data.path")
-        bucket_step = cfg.data.bucket_step or parts.bucket_step
-        items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
-        items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
-        start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
-        if start.step >= total:
-            raise UserError(f"{cfg.resume}: already at step {start.step}, and training ends at step {total}; "
-                            "raise training.max_steps or extend training.learning_rate")
+        _, items, held_out, skipped, start = training_inputs(cfg, parts, total)
         runtime = run_runtime(cfg, parts)
         evaluator = make_evaluator(cfg, parts, device=runtime.device) if cfg.eval.every else None
     except UserError as exc:
         raise UserError(f"{member_label(index, cfg)}: {exc}") from None
-    return Plan(index, cfg, items, skipped + held_skipped, start, total, runtime, evaluator, held_out)
+    return Plan(index, cfg, items, skipped, start, total, runtime, evaluator, held_out)
 
 
 def member_latents(plan: Plan, parts: SDParts) -> Latents:
