@@ -125,7 +125,10 @@ def _p_text(p: float | None) -> str:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items()) or "no parameters"
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={value(v)}" for k, v in params.items()) or "no parameters"
 
 
 def vs_baseline_text(c: dict[str, Any]) -> str:
@@ -151,7 +154,11 @@ def headline(result: dict[str, Any]) -> list[str]:
              f"({_params_text(best['params'])}), held-out {result['objective']} {_interval_text(best['confirmed'])} "
              f"(mean, 95% t-interval over seeds); {vs_baseline_text(best)}."]
     if result["baseline"]:
-        lines.append(f"Baseline (the base experiment's own settings): {_interval_text(result['baseline']['confirmed'])}.")
+        base = result["baseline"]["confirmed"]
+        lines.append(f"Baseline (the base experiment's own settings): {_interval_text(base)}.")
+        if base and (base["mean"] > best["confirmed"]["mean"]) == (result["direction"] == "maximize"):
+            lines.append("The baseline scored better than every confirmed configuration: at this budget the "
+                         "search found nothing better than the base experiment's settings.")
     if len(configs) > 1:
         lines.append("The confirmed configurations' intervals overlap, so their order is not settled."
                      if _overlap(configs) else "The confirmed best's interval clears the others'.")
