@@ -156,7 +156,7 @@ def headline(result: dict[str, Any]) -> list[str]:
     if result["baseline"]:
         base = result["baseline"]["confirmed"]
         lines.append(f"Baseline (the base experiment's own settings): {_interval_text(base)}.")
-        if base and (base["mean"] > best["confirmed"]["mean"]) == (result["direction"] == "maximize"):
+        if base and best["confirmed"] and (base["mean"] > best["confirmed"]["mean"]) == (result["direction"] == "maximize"):
             lines.append("The baseline scored better than every confirmed configuration: at this budget the "
                          "search found nothing better than the base experiment's settings.")
     if len(configs) > 1:
