@@ -36,6 +36,19 @@ class LossOptions(Options):
     huber_c: float = Field(0.1, gt=0, description="the Huber / smooth-L1 transition c")
     noise_offset: float = Field(0.0, ge=0, description="add this times a per-channel N(0,1) offset to the "
                                 "training noise (kohya's noise offset; 0 = off)")
+    masked_loss: Literal["none", "alpha", "file", "auto"] = Field(
+        "none", description="weight each pixel's loss by a mask: alpha (the image's alpha channel; A1111's "
+        "'use PNG alpha channel as loss weight'), file (the mask image <stem><mask_suffix> beside it, white = "
+        "learn; OneTrainer's masked training), auto (the mask file if there is one, else the alpha channel); "
+        "an image without a mask trains on all of it",
+    )
+    mask_suffix: str = Field("-masklabel.png", min_length=1, description="a mask file's name is the image's stem "
+                             "plus this (OneTrainer's); such files are never trained on as images")
+    unmasked_weight: float = Field(0.0, ge=0, le=1, description="loss weight outside the mask (0 = ignored, "
+                                   "1 = the mask does nothing; OneTrainer's unmasked weight)")
+    normalize_masked_area: bool = Field(True, description="divide each image's masked loss by its weighted area, "
+                                        "so a small mask does not shrink the loss (OneTrainer's); false: the "
+                                        "mean over all pixels (A1111's alpha weight)")
 
 
 class EMAOptions(Options):

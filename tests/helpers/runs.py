@@ -35,6 +35,24 @@ def make_dataset(folder: Path, n: int = 6, caption: str | None = CAPTION) -> Pat
     return folder
 
 
+def make_masked_dataset(folder: Path, n: int = 6) -> Path:
+    """`make_dataset`, with loss masks: even images get a transparent left half (alpha), odd ones a
+    `-masklabel.png` file whose bottom half is black."""
+    make_dataset(folder, n)
+    for i in range(n):
+        path = folder / f"{i:02d}.png"
+        pixels = np.asarray(Image.open(path).convert("RGBA")).copy()
+        h, w = pixels.shape[:2]
+        if i % 2 == 0:
+            pixels[:, : w // 2, 3] = 0
+            Image.fromarray(pixels, "RGBA").save(path)
+        else:
+            mask = np.full((h, w), 255, dtype=np.uint8)
+            mask[h // 2 :] = 0
+            Image.fromarray(mask, "L").save(folder / f"{i:02d}-masklabel.png")
+    return folder
+
+
 def shrink_overrides(tmp_path: Path) -> list[str]:
     """The overrides that shrink the quickstart (see `shrunk_quickstart`); for command lines too."""
     data = tmp_path / "data"

@@ -102,7 +102,18 @@ def test_weighted_and_masked_loss_by_hand():
     assert float(diffusion_loss(pred, batch, LossOptions(loss_weighting="min_snr"))) == pytest.approx(1.25)
     # A mask [1, 0] on sample 1 keeps its first pixel only: area-normalised mean 4, not 2.
     mask = torch.tensor([[[[1.0, 1.0]]], [[[1.0, 0.0]]]])
-    assert float(diffusion_loss(pred, batch, LossOptions(), weight_map=mask)) == pytest.approx((1 + 4) / 2)
+    assert float(diffusion_loss(pred, batch, LossOptions(), masks=mask)) == pytest.approx((1 + 4) / 2)
+    # Without area normalisation: the mean over all pixels of the weighted errors, (4 + 0) / 2 = 2.
+    plain = LossOptions(normalize_masked_area=False)
+    assert float(diffusion_loss(pred, batch, plain, masks=mask)) == pytest.approx((1 + 2) / 2)
+    # Unmasked weight 0.5: sample 1's weights [1, 0.5] -> normalised [4/3, 2/3] -> (4 * 4/3 + 0) / 2 = 8/3;
+    # not normalised: (4 * 1 + 0 * 0.5) / 2 = 2.
+    half = LossOptions(unmasked_weight=0.5)
+    assert float(diffusion_loss(pred, batch, half, masks=mask)) == pytest.approx((1 + 8 / 3) / 2)
+    assert float(diffusion_loss(pred, batch, half.model_copy(update={"normalize_masked_area": False}),
+                                masks=mask)) == pytest.approx((1 + 2) / 2)
+    # A mask of ones changes nothing.
+    assert float(diffusion_loss(pred, batch, LossOptions(), masks=torch.ones(2, 1, 1, 2))) == pytest.approx(1.5)
     # The plain options are the plain float32 MSE, bit for bit.
     assert torch.equal(diffusion_loss(pred, batch, LossOptions()), diffusion_loss(pred, batch))
 

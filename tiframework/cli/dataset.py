@@ -8,7 +8,16 @@ import sys
 
 from tiframework.cli.options import add_model_options, model_from_args
 from tiframework.data.images import MAX_PIXELS, list_images, split_tags
-from tiframework.data.lint import HASH_DISTANCE, MAX_RATIO, MIN_SIDE, exit_code, format_findings, lint_dataset
+from tiframework.data.lint import (
+    HASH_DISTANCE,
+    MASK_SUFFIX,
+    MAX_RATIO,
+    MIN_SIDE,
+    dataset_images,
+    exit_code,
+    format_findings,
+    lint_dataset,
+)
 from tiframework.data.tagger import TagOptions, tag_folder
 from tiframework.data.tags import TRAIT_SHARE, make_variant, parse_replace, tag_stats
 
@@ -170,14 +179,17 @@ def _register_lint(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hash-distance", type=int, default=HASH_DISTANCE, metavar="BITS",
                    help=f"near-duplicate when perceptual hashes differ in at most this many of 64 bits "
                    f"(default: {HASH_DISTANCE}; -1 turns the check off)")
+    p.add_argument("--mask-suffix", default=MASK_SUFFIX, metavar="SUFFIX",
+                   help=f"<image stem>SUFFIX is that image's loss-mask file, checked as a mask, not an image "
+                   f"(training.mask_suffix; default: {MASK_SUFFIX})")
     p.set_defaults(func=_run_lint)
 
 
 def _run_lint(args: argparse.Namespace) -> int:
 
     findings = lint_dataset(args.dir, args.name, args.min_side, args.max_ratio,
-                            int(args.max_megapixels * 1_000_000), args.hash_distance)
-    n_images = len(list_images(args.dir))
+                            int(args.max_megapixels * 1_000_000), args.hash_distance, args.mask_suffix)
+    n_images = len(dataset_images(args.dir, args.mask_suffix)[0])
     if args.json:
         errors = sum(f.severity == "error" for f in findings)
         payload = {"folder": args.dir, "images": n_images, "errors": errors,

@@ -20,7 +20,14 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tiframework.config import DataConfig
-from tiframework.data.images import UnreadableImage, image_size, list_images, read_caption, split_tags
+from tiframework.data.images import (
+    UnreadableImage,
+    image_size,
+    list_images,
+    mask_files_of,
+    read_caption,
+    split_tags,
+)
 from tiframework.data.templates import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported: it lives where
 from tiframework.data.templates import read_templates as read_templates  # it needs no torch (preflight)
 from tiframework.errors import UserError
@@ -72,13 +79,17 @@ class Item:
     digest: str  # sha256 of the file bytes: the latent cache key
 
 
-def scan_folder(folder: Path, max_side: int, step: int) -> tuple[list[Item], list[str]]:
-    """Images with their captions and buckets; unreadable ones are listed.
+def scan_folder(folder: Path, max_side: int, step: int, mask_suffix: str | None = None
+                ) -> tuple[list[Item], list[str]]:
+    """Images with their captions and buckets; unreadable ones are listed. Another image's
+    mask file (`<stem><mask_suffix>`) is not an image to train on.
 
     Sizes come from the file headers: pixels are decoded only when a latent is not cached.
     """
     items, skipped, uncaptioned = [], [], []
-    for path in list_images(folder):
+    paths = list_images(folder)
+    masks = mask_files_of(paths, mask_suffix) if mask_suffix else set()
+    for path in (p for p in paths if p not in masks):
         try:
             size = image_size(path)
         except UnreadableImage as exc:
@@ -105,8 +116,10 @@ class CaptionedLatents(Dataset):
     """Items are `(index, sample_seed)` pairs; see `StreamSampler`."""
 
     def __init__(self, items: Sequence[Item], mean: list[torch.Tensor], std: list[torch.Tensor],
-                 cfg: DataConfig, templates: list[str], name: str, seed: int):
+                 cfg: DataConfig, templates: list[str], name: str, seed: int,
+                 masks: Sequence[torch.Tensor | None] | None = None):
         self.items, self.mean, self.std = list(items), mean, std
+        self.masks = list(masks) if masks is not None else [None] * len(self.items)  # (1, h, w) loss masks
         self.cfg, self.templates, self.name = cfg, templates, name
         # `once`: one posterior sample per image, fixed for the whole run (and its resumes).
         self.once = [m + s * torch.randn(m.shape, generator=torch.Generator().manual_seed(seed * 100003 + i))
@@ -137,16 +150,23 @@ class CaptionedLatents(Dataset):
             "prompt": self.prompt(index, rng),
             "seed": sample_seed,
             "index": index,
+            "mask": self.masks[index],
         }
 
 
 def collate(batch: list[dict]) -> dict:
-    return {
-        "latents": torch.stack([b["latent"] for b in batch]),  # (B, 4, h, w)
+    """A micro-batch; `masks` (B, 1, h, w) only when some image has a loss mask (the others' are ones)."""
+    latents = torch.stack([b["latent"] for b in batch])  # (B, 4, h, w)
+    out = {
+        "latents": latents,
         "prompts": [b["prompt"] for b in batch],
         "seeds": torch.tensor([b["seed"] for b in batch], dtype=torch.long),
         "indices": [b["index"] for b in batch],
     }
+    if any(b.get("mask") is not None for b in batch):
+        whole = torch.ones((1, *latents.shape[2:]))
+        out["masks"] = torch.stack([whole if b.get("mask") is None else b["mask"] for b in batch])
+    return out
 
 
 class StreamSampler(Sampler[list[tuple[int, int]]]):

@@ -125,6 +125,22 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise UnreadableImage(path, "undecodable", f"cannot decode image ({exc})") from None
 
 
+def read_alpha(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image | None:
+    """The image's alpha channel ("L", EXIF orientation applied, so it lines up with
+    `read_image`'s pixels), or None when no pixel is see-through."""
+    path = Path(path)
+    with _open_checked(path, max_pixels) as image:
+        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        if not has_alpha:
+            return None
+        try:
+            image.load()
+            alpha = ImageOps.exif_transpose(image).convert("RGBA").getchannel("A")
+        except Exception as exc:  # PIL decoders raise many exception types on bad input
+            raise UnreadableImage(path, "undecodable", f"cannot decode image ({exc})") from None
+    return alpha if alpha.getextrema()[0] < 255 else None
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB with any transparency composited on white, as the WD1.4 tagger was trained.
 
@@ -148,6 +164,25 @@ def _eight_bit_grey(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I;16") or values.max(initial=0) > 255:
         top = 65535.0
     return Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+
+
+def mask_file(image: Path, suffix: str) -> Path:
+    """Where `image`'s loss-mask file is: same folder, `<stem><suffix>` (see `data.masks`)."""
+    return image.with_name(image.stem + suffix)
+
+
+def mask_shape_error(mask: Path, got: tuple[int, int], image: Path, want: tuple[int, int]) -> str | None:
+    """Why a mask of size `got` cannot weight an image of size `want` (another aspect ratio), or None."""
+    if abs(got[0] / got[1] - want[0] / want[1]) <= 0.02 * want[0] / want[1]:
+        return None
+    return (f"{mask}: {got[0]}x{got[1]}, but its image {image.name} is {want[0]}x{want[1]}; "
+            "a mask must have its image's shape")
+
+
+def mask_files_of(images: Iterable[Path], suffix: str) -> set[Path]:
+    """The files among `images` that are another listed image's mask file: never trained on as images."""
+    listed = set(images)
+    return {mask_file(p, suffix) for p in listed} & listed
 
 
 def caption_path(image_path: str | Path) -> Path:

@@ -28,14 +28,18 @@ from tiframework.sd.models import move
 log = logging.getLogger(__name__)
 
 
-def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) in [-1, 1]: resized to cover the bucket, then centre-cropped."""
-    img = read_image(path)
+def cover_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`img` resized to cover `size` (width, height), then centre-cropped to it (a mask is cut the same way)."""
     w, h = size
     scale = max(w / img.width, h / img.height)
     resized = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.LANCZOS)
     left, top = (resized.width - w) // 2, (resized.height - h) // 2
-    arr = np.asarray(resized.crop((left, top, left + w, top + h)), dtype=np.float32) / 127.5 - 1.0
+    return resized.crop((left, top, left + w, top + h))
+
+
+def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]: resized to cover the bucket, then centre-cropped."""
+    arr = np.asarray(cover_crop(read_image(path), size), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

@@ -6,7 +6,8 @@ captions that are not UTF-8, and the embedding's own name inside a caption (the
 name would then stand for a caption word, not the embedding). Warnings are things
 that make it worse: images so small they get upscaled, extreme aspect ratios (the
 guide's 10:1 warning), near-duplicates, missing or empty captions, two images
-sharing one caption file, and transparency (training composites it on white).
+sharing one caption file, and transparency (training composites it on white). Mask files
+(`<stem>-masklabel.png`, `training.masked_loss`) are checked as masks: readable, the image's shape.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from tiframework.data.images import (
     UnreadableImage,
     caption_owners,
     caption_path,
+    image_size,
     list_images,
+    mask_file,
+    mask_files_of,
+    mask_shape_error,
     pixel_format,
     read_caption,
     read_image,
@@ -38,6 +43,8 @@ MIN_SIDE = 256
 # Beyond 4:1 a 512-px fit leaves under 128 px across: too little for the model to see
 # the character. The guide's warning is at 10:1; 4:1 flags trouble earlier.
 MAX_RATIO = 4.0
+# OneTrainer's mask-file naming, `training.mask_suffix`'s default.
+MASK_SUFFIX = "-masklabel.png"
 # Hamming distance between 64-bit perceptual hashes; <= 4 is the same picture
 # re-encoded, resized or lightly edited, while unrelated images sit near 32.
 HASH_DISTANCE = 4
@@ -75,14 +82,16 @@ def lint_dataset(
     max_ratio: float = MAX_RATIO,
     max_pixels: int = MAX_PIXELS,
     hash_distance: int | None = HASH_DISTANCE,
+    mask_suffix: str = MASK_SUFFIX,
 ) -> list[Finding]:
     """All findings for the dataset `folder`, sorted by file then code.
 
-    `hash_distance` None (or negative) turns the near-duplicate check off.
+    `hash_distance` None (or negative) turns the near-duplicate check off. An image's mask
+    file (`<stem><mask_suffix>`, for `training.masked_loss`) is checked as a mask, not an image.
     """
     if embedding_name is not None:
         embedding_name = check_name_text(embedding_name, "--name")  # the rule training applies
-    images = list_images(folder)
+    images, masks = dataset_images(folder, mask_suffix)
     if not images:
         return [Finding("error", "no-images", "", f"{folder}: no images to train on")]
     findings: list[Finding] = []
@@ -94,11 +103,29 @@ def lint_dataset(
             hashes[image.name] = phash
         findings += check_caption(image, embedding_name)
     findings += _shared_captions(images)
+    findings += [f for image in images if (m := mask_file(image, mask_suffix)) in masks for f in check_mask(image, m)]
     if hash_distance is not None and hash_distance >= 0:
         for later, earlier, distance in near_duplicates(hashes, hash_distance):
             findings.append(Finding("warning", "near-duplicate", later,
                                     f"looks like {earlier} (hash distance {distance}); duplicates overweight one picture"))
     return sorted(findings, key=lambda f: (f.file, f.code))
+
+
+def dataset_images(folder: str | Path, mask_suffix: str = MASK_SUFFIX) -> tuple[list[Path], set[Path]]:
+    """The folder's images to train on, and the files among its images that are their mask files."""
+    found = list_images(folder)
+    masks = mask_files_of(found, mask_suffix)
+    return [p for p in found if p not in masks], masks
+
+
+def check_mask(image: Path, mask: Path) -> list[Finding]:
+    """A mask file must decode and have its image's shape (training refuses it otherwise)."""
+    try:
+        got, want = image_size(mask), image_size(image)
+    except UnreadableImage as exc:
+        return [Finding("error", "mask-unreadable", mask.name, exc.detail)]
+    why = mask_shape_error(Path(mask.name), got, image, want)
+    return [Finding("error", "mask-shape", mask.name, why)] if why else []
 
 
 def check_image(path: Path, min_side: int, max_ratio: float, max_pixels: int) -> tuple[list[Finding], int | None]:
@@ -134,7 +161,8 @@ def _mode_findings(path: Path, mode: str, had_alpha: bool) -> list[Finding]:
                              f"{CONVERTED_MODES[mode]} for training; other tools may show its colours differently"))
     if had_alpha:
         found.append(Finding("warning", "transparency", path.name,
-                             "has transparency; transparent pixels train as white (as the WD1.4 tagger sees them)"))
+                             "has transparency; transparent pixels train as white (as the WD1.4 tagger sees "
+                             "them) unless training.masked_loss=alpha (or auto) makes alpha the loss weight"))
     return found
 
 

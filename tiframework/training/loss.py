@@ -111,24 +111,36 @@ def distance(pred: torch.Tensor, target: torch.Tensor, opts: LossOptions) -> tor
     return (pred - target) ** 2
 
 
+def mask_weights(masks: torch.Tensor, opts: LossOptions) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, h, w) from latent masks (B, 1, h, w) in [0, 1] (`data.masks`).
+
+    w = u + (1 - u) * mask, u = `training.unmasked_weight`. With `normalize_masked_area` each
+    sample's weights are divided by their mean, so its loss is the weighted mean over the
+    mask (a small mask does not shrink the loss, OneTrainer's rule); without, the loss is the
+    plain mean of the weighted errors over all pixels (A1111's alpha weight).
+    """
+    u = float(opts.unmasked_weight)
+    w = u + (1 - u) * masks.float()
+    if opts.normalize_masked_area:
+        w = w / w.mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+    return w
+
+
 def diffusion_loss(pred: torch.Tensor, batch: Noised, opts: LossOptions | None = None,
-                   weight_map: torch.Tensor | None = None) -> torch.Tensor:
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
     """The micro-batch's mean loss (a scalar) for the UNet's prediction `pred` (B, 4, h, w).
 
     Computed in float32 whatever the UNet's dtype: a half-precision MSE underflows for
-    small errors late in training. `opts` (`training.*`): distance and timestep weighting;
-    `weight_map` (B, 1, h, w): per-pixel weights (a mask), each sample's loss their
-    weighted mean (area-normalised, so a small mask does not shrink the loss).
+    small errors late in training. `opts` (`training.*`): distance, timestep weighting and
+    how `masks` (B, 1, h, w), the batch's latent loss masks, weight each pixel (`mask_weights`).
     """
     pred, target = pred.float(), batch.target.float()
-    if (opts is None or (opts.loss_weighting == "constant" and opts.loss_type == "mse")) and weight_map is None:
+    if (opts is None or (opts.loss_weighting == "constant" and opts.loss_type == "mse")) and masks is None:
         return F.mse_loss(pred, target)  # the plain objective, bit for bit as before the options
     opts = opts or LossOptions()
     elementwise = distance(pred, target, opts)  # (B, 4, h, w)
-    if weight_map is None:
-        per_sample = elementwise.mean(dim=(1, 2, 3))
-    else:
-        w = weight_map.float().expand_as(elementwise)
-        per_sample = (elementwise * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp(min=1e-8)
+    if masks is not None:
+        elementwise = elementwise * mask_weights(masks.to(elementwise.device), opts)
+    per_sample = elementwise.mean(dim=(1, 2, 3))
     assert batch.snr is not None, "noised() fills snr"
     return (per_sample * timestep_weights(batch.snr, opts, batch.v_prediction)).mean()

@@ -91,7 +91,7 @@ class TextualInversionModule(pl.LightningModule):
         cond = encode_prompts(self.parts, batch["prompts"], self.cfg.model.clip_skip,
                               self.cfg.embedding.name, self.vectors)  # (B, 77*chunks, width)
         pred = self.run_unet(target.noisy.to(unet_dtype), target.timesteps, cond.to(unet_dtype)).sample
-        loss = diffusion_loss(pred, target, t)
+        loss = diffusion_loss(pred, target, t, batch.get("masks"))
         penalty = self.norm_control.penalty(self.vectors)
         return loss if penalty is None else loss + penalty
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tiframework.config import ExperimentConfig
 from tiframework.data.dataset import CaptionedLatents, Item, StreamSampler, collate, scan_folder
 from tiframework.data.latents import Latents, encode_latents
+from tiframework.data.masks import item_masks
 from tiframework.data.sources import resolve_data_path
 from tiframework.data.templates import read_templates
 from tiframework.errors import RunInterrupted, UserError
@@ -122,8 +123,9 @@ def default_preview_prompts(cfg: ExperimentConfig, captions: list[str | None]) -
 def stream_loader(cfg: ExperimentConfig, latents: Latents, start: int, total: int) -> DataLoader:
     """The run's micro-batches from optimizer step `start` on (a population member draws the same)."""
     t = cfg.training
+    masks = item_masks(latents.items, [m.shape[-2:] for m in latents.means], t.masked_loss, t.mask_suffix)
     dataset = CaptionedLatents(latents.items, latents.means, latents.stds, cfg.data, read_templates(cfg.data),
-                               cfg.embedding.name, t.seed)
+                               cfg.embedding.name, t.seed, masks)
     sampler = StreamSampler([it.size for it in latents.items], t.batch_size, t.seed,
                             start=start * t.accumulate, length=(total - start) * t.accumulate)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
@@ -240,7 +242,7 @@ def training_inputs(cfg: ExperimentConfig, parts: SDParts, total: int
     the same way."""
     data_dir = resolve_data_path(cfg.data.path, "data.path")
     bucket_step = cfg.data.bucket_step or parts.bucket_step
-    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step)
+    items, skipped = scan_folder(data_dir, cfg.data.max_side, bucket_step, cfg.training.mask_suffix)
     items, held_out, held_skipped = training_and_held_out(cfg, items, bucket_step)
     start = starting_point(cfg, parts, {it.path.name: it.caption for it in items})
     if start.step >= total:

@@ -59,7 +59,8 @@ def training_and_held_out(cfg: ExperimentConfig, items: list[Item], bucket_step:
     """The images a run trains on, the ones it validates on, and unreadable validation images."""
     v = cfg.validation
     if v.every and v.path:
-        held, skipped = scan_folder(resolve_data_path(v.path, "validation.path"), cfg.data.max_side, bucket_step)
+        held, skipped = scan_folder(resolve_data_path(v.path, "validation.path"), cfg.data.max_side, bucket_step,
+                                    cfg.training.mask_suffix)
         return items, held, skipped
     train, held = split_items(items, v)
     return train, held, []

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runs import make_dataset
+from runs import make_dataset, make_masked_dataset
 from runs import shrunk_quickstart as config
 from tiframework.errors import UserError
 from tiframework.sd.embeddings import load_embedding
@@ -98,6 +98,7 @@ def test_members_with_the_training_options_match_training_alone(tmp_path, tiny_p
     # Every loss and regulariser option in one of three members (issue 23): each is applied by
     # the one `training.loss` / `training.regularise` code in both stacks, so a member still ends
     # where it would alone; the EMA member's saved file is its EMA.
+    masked = make_masked_dataset(tmp_path / "masked")  # alpha channels and mask files
     members = {
         "snr": ["training.seed=0", "training.loss_weighting=min_snr", "training.loss_type=huber",
                 "training.noise_offset=0.1", "embedding.norm_control=project"],
@@ -105,7 +106,8 @@ def test_members_with_the_training_options_match_training_alone(tmp_path, tiny_p
                 "embedding.norm_control=decay", "training.ema_decay=0.5", "training.ema_warmup=1",
                 "embedding.init=random", "training.accumulate=2"],
         "p2": ["training.seed=2", "training.loss_weighting=p2", "embedding.norm_control=init_l2",
-               "embedding.init_l2_weight=1.0", "embedding.init=zeros"],
+               "embedding.init_l2_weight=1.0", "embedding.init=zeros", f"data.path={masked}",
+               "training.masked_loss=auto", "training.unmasked_weight=0.2"],
     }
     cfgs = [config(tmp_path, *o, f"logging.run_id={k}") for k, o in members.items()]
     pop = train_population(cfgs, parts=tiny_parts)
@@ -116,6 +118,9 @@ def test_members_with_the_training_options_match_training_alone(tmp_path, tiny_p
     assert (vectors(pop[0]) - vectors(plain)).abs().max().item() > 1000 * TOL
     median = float(tiny_parts.text_encoder.get_input_embeddings().weight.float().norm(dim=1).median())
     torch.testing.assert_close(vectors(pop[0]).norm(dim=1), torch.full((4,), median))
+    # The masks act: member p2 without them has another loss from its first step on.
+    no_mask = solo(tmp_path, tiny_parts, [*members["p2"], "training.masked_loss=none"], "p2-unmasked")
+    assert metrics(no_mask)[0]["loss"] != metrics(pop[2])[0]["loss"]
 
 
 @pytest.mark.slow

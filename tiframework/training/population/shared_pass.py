@@ -48,13 +48,14 @@ class MemberBatch:
     vectors: torch.Tensor  # (VPT, width): the member's trainable parameter
     clip_skip: int
     options: LossOptions | None = None  # its `training.*` loss options (None: the plain MSE)
+    masks: torch.Tensor | None = None  # (B, 1, h, w): latent loss masks (`training.masked_loss`)
 
     @classmethod
     def from_collated(cls, batch: dict[str, Any], name: str, vectors: torch.Tensor, clip_skip: int,
                       options: LossOptions | None = None) -> MemberBatch:
         """From `data.dataset.collate`'s dict."""
         return cls(batch["latents"], list(batch["prompts"]), [int(s) for s in batch["seeds"]], name, vectors,
-                   clip_skip, options)
+                   clip_skip, options, batch.get("masks"))
 
     @property
     def size(self) -> int:
@@ -128,5 +129,5 @@ def member_losses(parts: SDParts, scheduler: Any, batches: Sequence[MemberBatch]
                     torch.cat([targets[i].timesteps for i in members]),
                     torch.cat([conds[i] for i in members]).to(unet_dtype)).sample
         for i, p in zip(members, pred.split([batches[i].size for i in members]), strict=True):
-            losses[i] = diffusion_loss(p, targets[i], batches[i].options)
+            losses[i] = diffusion_loss(p, targets[i], batches[i].options, batches[i].masks)
     return [loss for loss in losses if loss is not None]
