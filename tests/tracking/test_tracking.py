@@ -46,6 +46,15 @@ def test_offline_wandb_run_holds_scalars_images_and_artifact(tmp_path, tiny_part
     assert run["metrics"]["eval/clip_fidelity"] == run["metrics"]["preview/images"] == "train/step"
     assert run["config"]["seed"] == 0 and "arm" not in run["config"]
     assert run["summary"]["eval/best_step"] in (0, 2, 4) and run["summary"]["eval/final_step"] == 4
+    # Optimizer step 1 is train/step 1, as in a population member's run (issue 22).
+    assert [h["train/step"] for h in run["history"] if "train/loss" in h] == [1, 2, 3, 4]
+    assert run["metrics"]["train/loss"] == run["metrics"]["train/lr"] == "train/step"
+    # Every metric of the chosen checkpoint's eval row is in the summary.
+    chosen = next(h for h in run["history"] if h.get("train/step") == run["summary"]["eval/best_step"]
+                  and "eval/clip_fidelity" in h)
+    for key in ("eval/clip_fidelity", "eval/clip_flexibility", "select/clip_fidelity", "eval/fried"):
+        assert run["summary"][f"chosen/{key}"] == pytest.approx(chosen[key])
+    assert summary["chosen_metrics"]["eval/clip_fidelity"] == pytest.approx(chosen["eval/clip_fidelity"])
     assert run["run"].run_group == "test" and run["run"].job_type == "train"
     assert {"ablation", "vpt=4", "lr=0.02", "accum=1"} <= set(run["run"].tags)
     assert any(name.startswith("kiri_ti-embedding") for name in run["artifacts"])

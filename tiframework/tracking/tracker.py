@@ -31,7 +31,10 @@ SUMMARY_KEYS = ("best_step", "best_score", "best_score_selection", "baseline_sco
 # Logged with these prefixes, a value is plotted against the optimizer step it was measured
 # at (`train/step`), not W&B's own row counter or Lightning's `trainer/global_step`.
 STEP_METRIC = "train/step"
-BY_OPTIMIZER_STEP = ("eval/", "select/", "preview/", "val/", "vectors/")
+# Training scalars too: a solo run logs them through Lightning, whose own counter need not be a
+# population member's, so step 1 sits at train/step 1 in both.
+BY_OPTIMIZER_STEP = ("train/", "eval/", "select/", "preview/", "val/", "vectors/")
+TRAIN_SCALARS = ("train/loss", "train/lr", "train/vector_norm")  # each step's, solo and member alike
 
 
 def run_name(cfg: ExperimentConfig, run_dir: Path) -> str:
@@ -85,6 +88,9 @@ class Tracker:
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         logger._experiment = run
         run.define_metric(STEP_METRIC)
+        for key in TRAIN_SCALARS:
+            run.define_metric(key, step_metric=STEP_METRIC)
+            self._by_step.add(key)
         if mode in OFFLINE_MODES:
             folder = Path(run.dir).parent
             log.info("W&B offline run: %s (upload it later with: wandb sync %s)", folder, folder)
@@ -117,18 +123,22 @@ class Tracker:
         the glob `*` against `trainer/global_step`, and an exact name wins over any glob."""
         run = self.logger.experiment if self.logger is not None else None
         for key in keys:
-            if run is not None and key.startswith(BY_OPTIMIZER_STEP) and key not in self._by_step:
+            if (run is not None and key != STEP_METRIC and key.startswith(BY_OPTIMIZER_STEP)
+                    and key not in self._by_step):
                 run.define_metric(key, step_metric=STEP_METRIC)
                 self._by_step.add(key)
 
     def finish(self, summary: dict[str, Any], embedding: Path) -> None:
-        """The run's summary numbers and its final embedding, as an Artifact."""
+        """The run's summary numbers, every metric at the chosen checkpoint (`chosen/<metric>`),
+        and its final embedding, as an Artifact."""
         if self.logger is None:
             return
         run = self.logger.experiment
         for key in SUMMARY_KEYS:
             if summary.get(key) is not None:
                 run.summary[f"eval/{key}"] = summary[key]
+        for key, value in (summary.get("chosen_metrics") or {}).items():
+            run.summary[f"chosen/{key}"] = value
         artifact = wandb.Artifact(name=f"{self.cfg.embedding.name}-embedding", type="embedding",
                                   metadata={k: summary.get(k) for k in SUMMARY_KEYS})
         artifact.add_file(str(embedding))

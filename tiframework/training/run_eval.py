@@ -120,9 +120,12 @@ class RunEvaluation:
     # --- the summary ----------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        """Best (chosen on the selection seeds) and plateau of CLIP fidelity, the best
-        checkpoint's file, a plateau stop, and the diagnostics' warnings."""
+        """Best (chosen on the selection seeds) and plateau of CLIP fidelity, every metric of the
+        chosen checkpoint's row (`chosen_metrics`), its file, a plateau stop, and the warnings."""
         out = summarize(self.rows, self.cfg, samples=samples_by_step(self.per_image))
+        chosen = next((r for r in self.rows if r["step"] == out.get("best_step")), None)
+        if chosen is not None:
+            out["chosen_metrics"] = {k: v for k, v in chosen.items() if k != "step"}
         out["warnings"] = list(self.warnings)
         if self.best_embedding is not None and out.get("best_step") == self.best_step:
             out["best_embedding"] = str(self.best_embedding)

@@ -152,6 +152,9 @@ def test_each_member_has_its_own_wandb_run(tmp_path, tiny_parts, monkeypatch):
         keys = {k.split("/images/")[0] + "/images" if "/images/" in k else k for k in set().union(*run["history"])}
         assert {"train/loss", "train/lr", "train/vector_norm", F, SELECT, "preview/images"} <= keys
         assert [h["train/step"] for h in run["history"] if F in h] == [0, 2, 4]
+        assert [h["train/step"] for h in run["history"] if "train/loss" in h] == [1, 2, 3, 4]  # as solo
+        assert run["metrics"]["train/loss"] == "train/step"
+        assert run["summary"][f"chosen/{F}"] == pytest.approx(summary["chosen_metrics"][F])
         assert [name in a for a in run["artifacts"]] == [True]
         assert run["run"].run_group == "test"
         ids.add(run["run"].run_id)
