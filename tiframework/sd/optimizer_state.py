@@ -40,11 +40,17 @@ def optim_path(embedding: Path) -> Path:
     return embedding.with_name(embedding.name + ".optim")
 
 
-def save_optimizer_state(embedding: Path, vectors: torch.Tensor, state: dict[str, Any], step: int) -> Path:
-    """Write `<embedding>.optim` atomically; return its path."""
+def save_optimizer_state(embedding: Path, vectors: torch.Tensor, state: dict[str, Any], step: int,
+                         trained: torch.Tensor | None = None) -> Path:
+    """Write `<embedding>.optim` atomically; return its path. `trained`: the vectors the optimizer
+    trains when they are not the saved ones (the embedding holds their EMA), kept so a resume
+    goes on exactly; A1111 reads only the two keys it knows."""
     path = optim_path(embedding)
+    data = {"hash": a1111_checksum(vectors), "optimizer_state_dict": state, "step": int(step)}
+    if trained is not None:
+        data["trained_vectors"] = trained.detach().float().cpu().clone()
     with atomic_path(path) as tmp:
-        save_pickle({"hash": a1111_checksum(vectors), "optimizer_state_dict": state, "step": int(step)}, tmp)
+        save_pickle(data, tmp)
     return path
 
 
@@ -54,20 +60,30 @@ def load_optimizer_state(embedding: Path, vectors: torch.Tensor, step: int) -> d
     Matching: A1111's `hash` of the vectors; a file of ours from before the hash existed
     matches by its `step`. A damaged or malicious file is a UserError naming it.
     """
+    return load_training_state(embedding, vectors, step)[0]
+
+
+def load_training_state(embedding: Path, vectors: torch.Tensor, step: int
+                        ) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
+    """`load_optimizer_state`'s state, and the trained vectors saved beside an EMA embedding
+    (None when the embedding's vectors are the trained ones, or the state does not match)."""
     path = optim_path(embedding)
     if not path.is_file():
         log.warning("%s: no optimizer state beside the embedding; AdamW restarts from zero moments", embedding)
-        return None
+        return None, None
     data = load_pickle(path)
     state = data.get("optimizer_state_dict") if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not an optimizer state file (no 'optimizer_state_dict'); move it away")
     saved, ours = data.get("hash"), a1111_checksum(vectors)
+    trained = data.get("trained_vectors")
+    if trained is not None and (not isinstance(trained, torch.Tensor) or trained.shape != vectors.shape):
+        raise UserError(f"{path}: 'trained_vectors' is not a {tuple(vectors.shape)} tensor; move the file away")
     if saved is None and data.get("step") == step:
-        return state
+        return state, trained
     if saved != ours:
         found = f"hash {saved}" if saved is not None else f"step {data.get('step')}"
         log.warning("%s: belongs to other vectors (%s; the embedding's is %s at step %d); AdamW restarts "
                     "from zero moments", path, found, ours, step)
-        return None
-    return state
+        return None, None
+    return state, trained

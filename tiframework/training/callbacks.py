@@ -69,33 +69,35 @@ class EmbeddingSaver(StepCallback):
         self.saved: list[Path] = []
 
     def save(self, module: TextualInversionModule, step: int, stem: str) -> Path:
-        return self.save_vectors(module.output, optimizer_of(module), step, stem)
+        return self.save_vectors(module.output, optimizer_of(module), step, stem, module.trained)
 
     def save_vectors(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
-                     stem: str) -> Path:
-        """`<stem>.pt` + `.safetensors` (+ `<stem>.pt.optim` with `optimizer`'s state); the `.pt` path."""
+                     stem: str, trained: torch.Tensor | None = None) -> Path:
+        """`<stem>.pt` + `.safetensors` (+ `<stem>.pt.optim` with `optimizer`'s state, and the `trained`
+        vectors when `vectors` are their EMA, so a resume goes on exactly); the `.pt` path."""
         emb = Embedding(name=stem, vectors=vectors.detach().float().cpu().clone(),
                         step=step, sd_checkpoint=self.checkpoint_hash, sd_checkpoint_name=self.checkpoint_name)
         pt = self.folder / f"{stem}.pt"
         if optimizer is not None:
-            save_optimizer_state(pt, emb.vectors, optimizer.state_dict(), step)
+            save_optimizer_state(pt, emb.vectors, optimizer.state_dict(), step, trained)
         save_embedding(emb, self.folder / f"{stem}.safetensors")
         save_embedding(emb, pt)
         self.saved.append(pt)
         return pt
 
     def save_final(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int,
-                   name: str) -> Path:
+                   name: str, trained: torch.Tensor | None = None) -> Path:
         """The end of a run: `<name>-<step>` unless already saved at that step, then `<name>`."""
         if not self.saved or self.saved[-1].stem != f"{name}-{step}":
-            self.save_vectors(vectors, optimizer, step, f"{name}-{step}")
-        return self.save_vectors(vectors, optimizer, step, name)
+            self.save_vectors(vectors, optimizer, step, f"{name}-{step}", trained)
+        return self.save_vectors(vectors, optimizer, step, name, trained)
 
-    def keep(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int, name: str) -> Path:
+    def keep(self, vectors: torch.Tensor, optimizer: torch.optim.Optimizer | None, step: int, name: str,
+             trained: torch.Tensor | None = None) -> Path:
         """The checkpoint of `step`, which must exist whatever `every` says (the best one): one
         already on disk (saved at this step, or the file a resume started from) stays."""
         path = self.folder / f"{name}-{step}.pt"
-        return path if path.is_file() else self.save_vectors(vectors, optimizer, step, path.stem)
+        return path if path.is_file() else self.save_vectors(vectors, optimizer, step, path.stem, trained)
 
     def on_step(self, trainer, module, step) -> None:
         if self.every and step % self.every == 0:

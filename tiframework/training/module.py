@@ -18,7 +18,13 @@ from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.loss import diffusion_loss, noised
-from tiframework.training.regularise import NormControl, VectorEMA, output_vectors, token_rows
+from tiframework.training.regularise import (
+    NormControl,
+    VectorEMA,
+    output_vectors,
+    token_rows,
+    trained_vectors,
+)
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -33,7 +39,7 @@ class TextualInversionModule(pl.LightningModule):
 
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, init_vectors: torch.Tensor,
                  start_step: int = 0, optimizer_state: dict | None = None, compile_unet: bool = False,
-                 init: torch.Tensor | None = None):
+                 init: torch.Tensor | None = None, ema_average: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         self.parts = parts
@@ -49,7 +55,7 @@ class TextualInversionModule(pl.LightningModule):
         self.last_loss = float("nan")
         reference = (init if init is not None else init_vectors).detach().float().clone()
         self.norm_control = NormControl(cfg.embedding, reference, token_rows(parts))
-        self.ema = VectorEMA(cfg.training, self.vectors)
+        self.ema = VectorEMA(cfg.training, self.vectors, ema_average)
 
     # --- steps and rates ------------------------------------------------------------------
 
@@ -115,6 +121,11 @@ class TextualInversionModule(pl.LightningModule):
     def output(self) -> torch.Tensor:
         """The vectors saved and evaluated: their EMA when `training.ema_decay` is set (`regularise`)."""
         return output_vectors(self.vectors, self.ema)
+
+    @property
+    def trained(self) -> torch.Tensor | None:
+        """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
+        return trained_vectors(self.vectors, self.ema)
 
     def vector_norms(self) -> list[float]:
         return vector_norms(self.output)

@@ -97,9 +97,10 @@ class VectorEMA:
     vectors, so the average does not start from (and stay near) the init text.
     """
 
-    def __init__(self, opts: EMAOptions, vectors: torch.Tensor):
+    def __init__(self, opts: EMAOptions, vectors: torch.Tensor, average: torch.Tensor | None = None):
         self.opts = opts
-        self.average = vectors.detach().float().clone()  # (VPT, width)
+        # (VPT, width): a resumed run passes the average it saved
+        self.average = (vectors if average is None else average).detach().float().clone().to(vectors.device)
 
     @property
     def on(self) -> bool:
@@ -115,6 +116,11 @@ class VectorEMA:
             self.average.copy_(current)
         else:
             self.average.lerp_(current, 1 - self.opts.ema_decay)
+
+
+def trained_vectors(vectors: torch.Tensor, ema: VectorEMA | None) -> torch.Tensor | None:
+    """The trained vectors when a run saves their EMA instead (kept beside it, for an exact resume)."""
+    return vectors.detach().float().cpu().clone() if ema is not None and ema.on else None
 
 
 def output_vectors(vectors: torch.Tensor, ema: VectorEMA | None) -> torch.Tensor:

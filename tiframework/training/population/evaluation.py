@@ -60,7 +60,7 @@ class MemberEvaluation(MemberCallback):
             assert out.evaluation is not None
 
             def keep(step: int, m: Member = m, out: MemberOutputs = out) -> Path:
-                return out.saver.keep(m.output, m.optimizer, step, m.name)
+                return out.saver.keep(m.output, m.optimizer, step, m.name, m.trained)
 
             if out.evaluation.record(row, m.step, keep):
                 m.request_stop()  # a confirmed plateau: this member leaves, the others go on

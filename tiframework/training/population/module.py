@@ -43,7 +43,7 @@ from tiframework.evaluation.diagnostics import (
 from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.training.population.shared_pass import MemberBatch, member_losses, partition
-from tiframework.training.regularise import NormControl, VectorEMA, output_vectors
+from tiframework.training.regularise import NormControl, VectorEMA, output_vectors, trained_vectors
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,11 @@ class Member:
     def output(self) -> torch.Tensor:
         """The vectors saved and evaluated: their EMA when `training.ema_decay` is set."""
         return output_vectors(self.vectors, self.ema)
+
+    @property
+    def trained(self) -> torch.Tensor | None:
+        """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
+        return trained_vectors(self.vectors, self.ema)
 
     def vector_norms(self) -> list[float]:
         return vector_norms(self.output)

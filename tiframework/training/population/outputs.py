@@ -85,7 +85,7 @@ class MemberSaver(MemberCallback):
         for m in members:
             every = m.cfg.training.save_every
             if every and m.step % every == 0:
-                outputs(m).saver.save_vectors(m.output, m.optimizer, m.step, f"{m.name}-{m.step}")
+                outputs(m).saver.save_vectors(m.output, m.optimizer, m.step, f"{m.name}-{m.step}", m.trained)
 
 
 class MemberSummary(MemberCallback):
@@ -102,7 +102,7 @@ class MemberSummary(MemberCallback):
             out.close()
 
     def finish(self, population: PopulationModule, m: Member, out: MemberOutputs) -> dict[str, Any]:
-        final = out.saver.save_final(m.output, m.optimizer, m.step, m.name)
+        final = out.saver.save_final(m.output, m.optimizer, m.step, m.name, m.trained)
         if m.nonfinite_step is not None:
             log.error("%s: training stopped at step %d: the loss became NaN/Inf. The last good embedding is %s",
                       m.name, m.nonfinite_step, final)
