@@ -29,7 +29,7 @@ from tiframework.evaluation.evaluator import make_evaluator
 from tiframework.evaluation.summary import eval_settings
 from tiframework.sd.embeddings import check_name, create, load_embedding
 from tiframework.sd.models import TOYWORLD_DIR, SDParts, load_model
-from tiframework.sd.optimizer_state import load_optimizer_state
+from tiframework.sd.optimizer_state import load_training_state
 from tiframework.sd.runtime import Runtime, detect_machine, resolve_runtime
 from tiframework.tracking import provenance
 from tiframework.tracking.runfolder import RunFolder
@@ -59,6 +59,7 @@ class Start:
     optimizer_state: dict | None
     source: Path | None = None  # the embedding file a resumed run continues from
     init: torch.Tensor | None = None  # (VPT, width): the init vectors, norm control's reference
+    ema_average: torch.Tensor | None = None  # a resumed EMA run: the saved (EMA) vectors; `vectors` trains on
 
 
 def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, str | None]) -> Start:
@@ -76,8 +77,10 @@ def starting_point(cfg: ExperimentConfig, parts: SDParts, captions: dict[str, st
                         f"{e.vectors_per_token}; set embedding.vectors_per_token={emb.n_vectors}")
     if emb.name not in (name, f"{name}-{emb.step}"):
         log.warning("%s: saved as %r; training continues it as embedding.name %r", path, emb.name, name)
-    state = load_optimizer_state(path, emb.vectors, emb.step)
+    state, trained = load_training_state(path, emb.vectors, emb.step)
     init = create(cfg.embedding, parts, seed=cfg.training.seed).vectors  # norm control and telemetry compare to it
+    if trained is not None:  # an EMA embedding: training goes on from the vectors its average follows
+        return Start(trained, emb.step, state, path, init, ema_average=emb.vectors)
     return Start(emb.vectors, emb.step, state, path, init)
 
 
@@ -161,7 +164,7 @@ def _callbacks(cfg: ExperimentConfig, parts: SDParts, folder: RunFolder, tracker
                 on_eval(row)
 
         def keep(module: TextualInversionModule, step: int) -> Path:
-            return saver.keep(module.output, cb.optimizer_of(module), step, cfg.embedding.name)
+            return saver.keep(module.output, cb.optimizer_of(module), step, cfg.embedding.name, module.trained)
 
         evaluation = cb.EvalCallback(evaluator, folder, sink, keep=keep,
                                      stop_on_plateau=cfg.training.stop_on_plateau, planned_steps=total)
@@ -206,7 +209,8 @@ def _finish(cfg: ExperimentConfig, module: TextualInversionModule, folder: RunFo
     """Save the final embedding (`<name>.pt`, and `<name>-<step>.pt` if not saved yet); the summary."""
     # A skipped non-finite step still advances Lightning's counter; the vectors did not move.
     final_step = module.step if module.nonfinite_step is None else module.nonfinite_step
-    final = watchers.saver.save_final(module.output, cb.optimizer_of(module), final_step, cfg.embedding.name)
+    final = watchers.saver.save_final(module.output, cb.optimizer_of(module), final_step, cfg.embedding.name,
+                                      module.trained)
     stopped = watchers.guard.stop_reason or (INTERRUPTED if signal_name else None)
     if module.nonfinite_step is not None:
         stopped = f"non-finite loss at step {module.nonfinite_step}"
@@ -272,7 +276,7 @@ def _watch_vectors(cfg: ExperimentConfig, module: TextualInversionModule, folder
                    held: Latents | None, total: int, extra: list[pl.Callback]
                    ) -> tuple[ValidationRecord, list[pl.Callback]]:
     """The validation record, and the validation and telemetry callbacks ahead of the caller's `extra`."""
-    validation = ValidationRecord(folder.path, tracker.log_eval)
+    validation = ValidationRecord.for_run(cfg, folder.path, tracker.log_eval, total)
     telemetry = TelemetryLog(folder.path, cfg.embedding.name, module.norm_control.init, tracker.log_eval)
     found: list[pl.Callback] = [TelemetryCallback(telemetry, telemetry_every(cfg)), *extra]
     if held is not None:
@@ -311,7 +315,7 @@ def train(cfg: ExperimentConfig, *, parts: SDParts | None = None, extra_callback
             parts.offload_vae()  # back on the GPU only to decode previews and eval images
         loader = stream_loader(cfg, latents, start.step, total)
         module = TextualInversionModule(cfg, parts, start.vectors, start.step, start.optimizer_state,
-                                        compile_unet=runtime.compile, init=start.init)
+                                        compile_unet=runtime.compile, init=start.init, ema_average=start.ema_average)
         stop = StopOnSignal()
         validation, extra = _watch_vectors(cfg, module, folder, tracker, held, total, [*(extra_callbacks or []), stop])
         watchers = _callbacks(cfg, parts, folder, tracker, items, evaluator, on_eval, start.step, total, extra)

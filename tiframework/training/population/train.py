@@ -176,7 +176,7 @@ def open_member(plan: Plan, parts: SDParts, latents: Latents | None = None) -> M
                   loader=loader, folder=folder, outputs=out, optimizer_state=plan.start.optimizer_state,
                   skipped=plan.skipped + latents.skipped,
                   norm_control=NormControl(cfg.embedding, init.detach().float().clone(), token_rows(parts)),
-                  ema=VectorEMA(cfg.training, vectors))
+                  ema=VectorEMA(cfg.training, vectors, plan.start.ema_average))
 
 
 def outputs_tracker_log(member: Member):
@@ -226,8 +226,8 @@ def train_population(cfgs: Sequence[ExperimentConfig], *, parts: SDParts | None 
                                   max_samples=max_samples, compile_unet=runtime.compile)
         # In this order at each step, as a solo run's callbacks: metrics, saves, previews, evaluation;
         # on leaving: the last evaluation, then the final files and summary, then the caller's callbacks.
-        records = {m.index: ValidationRecord(m.folder.path, outputs_tracker_log(m)) for m in members
-                   if m.index in held}
+        records = {m.index: ValidationRecord.for_run(m.cfg, m.folder.path, outputs_tracker_log(m), m.end_step)
+                   for m in members if m.index in held}
         telemetry = {m.index: TelemetryLog(m.folder.path, m.name, m.norm_control.init, outputs_tracker_log(m))
                      for m in members}
         for m in members:
