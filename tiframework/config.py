@@ -296,6 +296,8 @@ class ExperimentConfig(Section):
     def _stop_needs_eval(self) -> ExperimentConfig:
         if self.training.stop_on_plateau and not self.eval.every:
             raise ValueError("training.stop_on_plateau needs evaluation: set eval.every (and eval.reference)")
+        if self.validation.stop_on_plateau and not self.validation.every:
+            raise ValueError("validation.stop_on_plateau needs the validation loss: set validation.every")
         return self
 
 

@@ -91,4 +91,7 @@ class ValidationConfig(Options):
                          "held out of training and scored (at least one image)")
     timesteps: list[int] = Field(default_factory=lambda: [200, 400, 600, 800], min_length=1,
                                  description="the fixed timesteps each image is scored at (kohya's)")
+    stop_on_plateau: bool = Field(False, description="stop training when the validation loss plateaus (the "
+                                  "plateau detector of eval.plateau_z / _patience / _smoothing, paired over "
+                                  "the fixed image x timestep scores); the summary gets val_plateau_step either way")
     seed: int = Field(0, description="the fixed noise's seed")

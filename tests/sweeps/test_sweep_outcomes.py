@@ -52,3 +52,30 @@ def test_fresh_moves_the_old_study_aside_and_starts_over(tmp_path, experiment):
 
     assert [t.state.name for t in open_study(str(old), "s")[0].trials] == ["COMPLETE"]
     assert sorted(t.params[VPT] for t in load_study(tmp_path, "s").trials) == [4, 8]
+
+
+def test_a_val_loss_sweep_minimises_each_runs_lowest_validation_loss(tmp_path, experiment):
+    import json
+
+    import optuna
+
+    from tiframework.sweeps.launch import run_sweep
+    from tiframework.sweeps.schema import load_sweep
+
+    sweep = write_sweep(tmp_path, objective="val_loss", n_trials=2,
+                        overrides={"validation.every": 2, "validation.split": 0.3, "eval.every": 0})
+    assert load_sweep(sweep).directions == ["minimize"]
+    run_sweep(sweep, progress=False)
+    study = load_study(tmp_path, "s")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    for trial in study.get_trials(deepcopy=False):
+        assert trial.state.name == "COMPLETE"
+        (seed,) = trial.user_attrs["seeds"].values()
+        summary = json.loads((tmp_path / seed["run_dir"] / "summary.json").read_text())
+        assert trial.value == seed["val_loss"] == summary["val_loss_best"]
+        assert seed["best_fidelity"] is None  # no evaluation: the loss alone scores the trial
+    with pytest.raises(UserError, match="objective val_loss needs the validation loss"):
+        load_sweep(write_sweep(tmp_path, name="nov", objective="val_loss"))
+    with pytest.raises(UserError, match="needs pruner: none"):
+        load_sweep(write_sweep(tmp_path, name="pr", objective="val_loss", pruner="median",
+                               overrides={"validation.every": 2}))

@@ -6,6 +6,7 @@ user attribute and its `fail_reason` come out the same whichever way it trained.
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,22 @@ def seed_result(summary: dict[str, Any], rows: list[dict[str, float]]) -> dict[s
     """One run's numbers, all measured on the held-out eval seeds: the fidelity of the
     checkpoint chosen on the selection seeds (`best_score`), fidelity at the plateau step
     (or at the last eval when there is none), flexibility at the best checkpoint; plus the
-    plateau's reason and the steps a plateau stop saved."""
-    if summary.get("best_score") is None or not rows:
+    plateau's reason and the steps a plateau stop saved; and the lowest validation loss (`val_loss`).
+    A run without fidelity scores has None there (a val_loss sweep may run without evaluation)."""
+    val_loss = summary.get("val_loss_best")
+    val_loss = val_loss if isinstance(val_loss, float) and math.isfinite(val_loss) else None
+    if (summary.get("best_score") is None or not rows) and val_loss is None:
         raise TrialFailed("the run has no fidelity scores (is eval.every > 0 and eval.reference set?)")
     by_step = {int(r["step"]): r for r in rows if FIDELITY in r}
     plateau = summary.get("plateau_step")
     at_plateau = by_step.get(plateau) if plateau is not None else None
-    at_plateau = at_plateau or by_step[max(by_step)]
+    at_plateau = at_plateau or (by_step[max(by_step)] if by_step else {})
     stop = summary.get("stopped_on_plateau") or {}
-    return {"best_fidelity": summary["best_score"], "best_fidelity_selection": summary.get("best_score_selection"),
+    return {"best_fidelity": summary.get("best_score"), "best_fidelity_selection": summary.get("best_score_selection"),
             "best_step": summary.get("best_step"), "plateau_step": plateau,
-            "plateau_reason": summary.get("plateau_reason"), "plateau_fidelity": at_plateau[FIDELITY],
+            "plateau_reason": summary.get("plateau_reason"), "plateau_fidelity": at_plateau.get(FIDELITY),
             "flexibility": by_step.get(summary.get("best_step"), {}).get(FLEXIBILITY),
-            "final_step": summary.get("final_step"), "steps_saved": stop.get("steps_saved"),
+            "val_loss": val_loss, "final_step": summary.get("final_step"), "steps_saved": stop.get("steps_saved"),
             "run_dir": summary.get("run_dir")}
 
 
@@ -48,7 +52,9 @@ def objective_values(sweep: SweepConfig, results: list[dict[str, Any]]) -> list[
     for name in OBJECTIVES[sweep.objective]:
         got = [r[name] for r in results]
         if any(v is None for v in got):
-            raise TrialFailed(f"{name} is missing from a run's evaluation (eval.flexibility_prompts empty?)")
+            hint = {"val_loss": "validation.every = 0?", "flexibility": "eval.flexibility_prompts empty?"}.get(
+                name, "is eval.every > 0 and eval.reference set?")
+            raise TrialFailed(f"{name} is missing from a run's results ({hint})")
         values.append(statistics.fmean(got))
     return values
 

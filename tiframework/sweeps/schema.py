@@ -94,7 +94,10 @@ OBJECTIVES: dict[str, list[str]] = {
     "best_fidelity": ["best_fidelity"],
     "plateau_fidelity": ["plateau_fidelity"],
     "fidelity_flexibility": ["best_fidelity", "flexibility"],
+    "val_loss": ["val_loss"],
 }
+# A value's direction when the sweep file gives none: a loss is minimised, scores are maximised.
+DEFAULT_DIRECTIONS = {"val_loss": "minimize"}
 # The sweep owns these: one frozen model per worker, and its own run folders and W&B grouping.
 RESERVED_PREFIXES = ("model.", "logging.", "resume")
 # Folders a study folder already holds (reports, W&B): an arm's run folders must not collide.
@@ -116,9 +119,11 @@ class SweepConfig(Section):
     objective: Literal[tuple(OBJECTIVES)] = Field(
         "best_fidelity",
         description="held-out CLIP fidelity of the checkpoint best on the selection seeds; held-out fidelity at "
-        "the plateau step (last eval if none); or (best fidelity, flexibility there) for a Pareto front",
+        "the plateau step (last eval if none); (best fidelity, flexibility there) for a Pareto front; or val_loss, "
+        "the lowest held-out validation loss of the run (needs validation.every; minimised by default)",
     )
-    direction: Direction | list[Direction] | None = Field(None, description="per objective; default maximize")
+    direction: Direction | list[Direction] | None = Field(None, description="per objective; default maximize "
+                                                          "(minimize for val_loss)")
     n_trials: int | None = Field(None, ge=1, description="trials in the study (default: grid size, or 20)")
     sampler: Literal["tpe", "grid", "random"] = "tpe"
     sampler_seed: int | None = None
@@ -158,6 +163,8 @@ class SweepConfig(Section):
             raise ValueError("confirm: needs a search (space:) with a single objective")
         if n > 1 and self.pruner != "none":
             raise ValueError("pruning needs a single objective (Optuna cannot prune multi-objective trials)")
+        if self.objective == "val_loss" and self.pruner != "none":
+            raise ValueError("the pruners judge the fidelity evaluations report; objective val_loss needs pruner: none")
         if self.sampler == "grid":
             ranged = [k for k, p in self.space.items() if not isinstance(p, CategoricalParam)]
             if ranged:
@@ -208,7 +215,7 @@ class SweepConfig(Section):
     def directions(self) -> list[str]:
         n = len(OBJECTIVES[self.objective])
         if self.direction is None:
-            return ["maximize"] * n
+            return [DEFAULT_DIRECTIONS.get(name, "maximize") for name in OBJECTIVES[self.objective]]
         return list(self.direction) if isinstance(self.direction, list) else [self.direction] * n
 
     @property
@@ -286,7 +293,10 @@ def space_problems(sweep: SweepConfig, base: ExperimentConfig) -> list[str]:
                 with_overrides(base, {key: value})
             except UserError as err:
                 problems.append(f"space.{key}: value {value!r} is rejected: {str(err).removeprefix('config: ')}")
-    if base.eval.every <= 0:
+    if sweep.objective == "val_loss":
+        if base.validation.every <= 0:
+            problems.append("objective val_loss needs the validation loss: set validation.every")
+    elif base.eval.every <= 0:
         problems.append("eval.every is 0: sweep objectives need evaluation during training; set eval.every")
     return problems
 

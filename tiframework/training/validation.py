@@ -9,8 +9,12 @@ global RNG and restores it anyway (`torch.random.fork_rng`), and runs under `no_
 with validation trains exactly the vectors it would without (tests/training/test_validation.py).
 
 Rows go to `validation.csv` in the run folder (`step`, `val/loss`, `val/loss_t<t>` per
-timestep) and to W&B; the summary gets the last and the lowest `val/loss`. Solo runs use
-`ValidationCallback`, population members `MemberValidation`; both score with `validation_row`.
+timestep) and to W&B; the summary gets the last and the lowest `val/loss`, and the plateau
+of the loss curve by the evaluation's plateau detector (`evaluation.plateau`, on the negated
+loss, paired over the fixed image x timestep scores: the same noise at every evaluation makes
+them the paired samples the detector wants). With `validation.stop_on_plateau` the run stops
+at the evaluation that confirms it. Solo runs use `ValidationCallback`, population members
+`MemberValidation`; both score with `validation_row`.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from tiframework.config import ExperimentConfig, ValidationConfig
+from tiframework.config import EvalConfig, ExperimentConfig, ValidationConfig
 from tiframework.data.dataset import Item, fill_template, read_templates, scan_folder
 from tiframework.data.latents import Latents
 from tiframework.data.sources import resolve_data_path
 from tiframework.errors import UserError
+from tiframework.evaluation.plateau import find_plateau
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.callbacks import StepCallback
@@ -88,8 +93,9 @@ def _fixed_noise(shape: Sequence[int], seed: int, index: int) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_row(parts: SDParts, scheduler: Any, vectors: torch.Tensor, vset: ValidationSet, name: str,
-                   clip_skip: int, step: int) -> dict[str, float]:
-    """`{"step", "val/loss", "val/loss_t<t>"...}`: each held-out image at each fixed timestep, mean MSE."""
+                   clip_skip: int, step: int) -> tuple[dict[str, float], list[float]]:
+    """`{"step", "val/loss", "val/loss_t<t>"...}`: each held-out image at each fixed timestep, mean MSE;
+    and those image x timestep errors, in a fixed order (the plateau detector's paired samples)."""
     device = vectors.device
     unet_dtype = next(parts.unet.parameters()).dtype
     ts = list(vset.v.timesteps)
@@ -108,18 +114,55 @@ def validation_row(parts: SDParts, scheduler: Any, vectors: torch.Tensor, vset: 
     row: dict[str, float] = {"step": float(step)}
     row[LOSS] = sum(sum(v) for v in per_t.values()) / sum(len(v) for v in per_t.values())
     row.update({f"{LOSS}_t{t}": sum(v) / len(v) for t, v in per_t.items()})
-    return row
+    return row, [e for t in ts for e in per_t[t]]
 
 
 @dataclass
 class ValidationRecord:
-    """Where one run's validation rows go: `validation.csv`, W&B (`log`), the summary."""
+    """Where one run's validation rows go: `validation.csv`, W&B (`log`), the summary; and
+    whether the loss has plateaued (`write` answers True where `stop_after_plateau` says to stop)."""
 
     folder: Path
     log: Any = None  # called with each row (W&B)
     rows: list[dict[str, float]] = field(default_factory=list)
+    samples: list[list[float]] = field(default_factory=list)  # per row: its image x timestep errors
+    plateau_cfg: EvalConfig | None = None  # the detector's settings (eval.plateau_*)
+    stop_before: int | None = None  # validation.stop_on_plateau: stop on a plateau confirmed before this step
+    stopped_on_plateau: dict[str, int] | None = None
 
-    def write(self, row: dict[str, float]) -> None:
+    @classmethod
+    def for_run(cls, cfg: ExperimentConfig, folder: Path, log: Any, last_step: int) -> ValidationRecord:
+        """A run's record: the detector set as `eval.plateau_*`, stopping only with `validation.stop_on_plateau`
+        (and never at the last step: the run ends there anyway)."""
+        return cls(folder, log, plateau_cfg=cfg.eval, stop_before=last_step if cfg.validation.stop_on_plateau else None)
+
+    def write(self, row: dict[str, float], samples: list[float] | None = None) -> bool:
+        """Record one evaluation; True when the run should stop on the loss's plateau here."""
+        self._append(row)
+        self.samples.append(list(samples or []))
+        if self.stop_before is None or row["step"] >= self.stop_before or self.stopped_on_plateau:
+            return False
+        plateau = self.plateau()
+        if plateau is None or plateau.reason != "plateau":
+            return False
+        step = int(row["step"])
+        self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step),
+                                   "steps_saved": self.stop_before - step}
+        return True
+
+    def plateau(self):
+        """The validation loss's plateau (`evaluation.plateau.Plateau`, on the negated loss), or None."""
+        points = [i for i, r in enumerate(self.rows) if math.isfinite(r[LOSS])]
+        if not points:
+            return None
+        cfg = self.plateau_cfg or EvalConfig()
+        widths = {len(self.samples[i]) for i in points}
+        paired = [[-e for e in self.samples[i]] for i in points] if len(widths) == 1 and 0 not in widths else None
+        return find_plateau([self.rows[i]["step"] for i in points], [-self.rows[i][LOSS] for i in points],
+                            samples=paired, z=cfg.plateau_z, patience=cfg.plateau_patience,
+                            smoothing=cfg.plateau_smoothing)
+
+    def _append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
         file = self.folder / "validation.csv"
         new = not file.exists()
@@ -135,7 +178,11 @@ class ValidationRecord:
         if not self.rows:
             return {}
         losses = [r[LOSS] for r in self.rows if math.isfinite(r[LOSS])]
-        return {"val_loss_final": self.rows[-1][LOSS], "val_loss_best": min(losses) if losses else math.nan}
+        plateau = self.plateau()
+        return {"val_loss_final": self.rows[-1][LOSS], "val_loss_best": min(losses) if losses else math.nan,
+                "val_plateau_step": None if plateau is None or plateau.step is None else int(plateau.step),
+                "val_plateau_reason": None if plateau is None else plateau.reason,
+                "val_stopped_on_plateau": self.stopped_on_plateau}
 
 
 def due(every: int, step: int, last: int) -> bool:
@@ -150,8 +197,9 @@ class ValidationCallback(StepCallback):
 
     def score(self, module, step: int) -> None:
         cfg = module.cfg
-        self.record.write(validation_row(module.parts, module.noise_scheduler, module.output, self.vset,
-                                         cfg.embedding.name, cfg.model.clip_skip, step))
+        if self.record.write(*validation_row(module.parts, module.noise_scheduler, module.output, self.vset,
+                                             cfg.embedding.name, cfg.model.clip_skip, step)):
+            module.trainer.should_stop = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         if pl_module.step % self.vset.v.every == 0:

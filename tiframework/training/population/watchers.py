@@ -19,9 +19,10 @@ class MemberValidation(MemberCallback):
 
     def score(self, population, member, step: int) -> None:
         cfg = member.cfg
-        self.records[member.index].write(validation_row(
-            population.parts, population.noise_scheduler, member.output, self.sets[member.index],
-            cfg.embedding.name, cfg.model.clip_skip, step))
+        if self.records[member.index].write(*validation_row(
+                population.parts, population.noise_scheduler, member.output, self.sets[member.index],
+                cfg.embedding.name, cfg.model.clip_skip, step)):
+            member.request_stop()  # a confirmed validation-loss plateau: an ordinary end
 
     def on_member_join(self, trainer, population, member) -> None:
         if member.index in self.sets and member.step % self.sets[member.index].v.every == 0:
