@@ -183,7 +183,7 @@ def test_classifier_accurate_on_held_out_characters() -> None:
 
 @pytest.mark.slow
 def test_build_command_writes_a_loadable_world(tmp_path: Path) -> None:
-    """`tiframework toyworld build` end to end on a 15-second budget: every model, the card."""
+    """`tiframework toyworld build` end to end on a 6-second budget: every model, the card."""
     from tiframework.cli import main
     from tiframework.config import ModelConfig
     from tiframework.sd.models import load_model
@@ -191,14 +191,14 @@ def test_build_command_writes_a_loadable_world(tmp_path: Path) -> None:
     from tiframework.toyworld.nets import verify_weights
 
     out = tmp_path / "weights"
-    assert main(["toyworld", "build", "--out", str(out), "--budget-minutes", "0.25", "--threads", "1"]) == 0
+    assert main(["toyworld", "build", "--out", str(out), "--budget-minutes", "0.1", "--threads", "1"]) == 0
     verify_weights(out)
     parts = load_model(ModelConfig(path=str(out)))
     assert parts.native_size == 64 and parts.width == 64
     AttributeClassifier(out / "classifier").predict([render(sample_attributes(random.Random(0)))])
     assert (out / "clip" / "open_clip_model.safetensors").is_file()
     card = (out / "CARD.md").read_text()
-    assert "| diffusion |" in card and "kiri:" in card and "--budget-minutes 0.25" in card
+    assert "| diffusion |" in card and "kiri:" in card and "--budget-minutes 0.1" in card
     assert not list(tmp_path.glob(".weights.*"))  # no temporary folder left behind
 
 
