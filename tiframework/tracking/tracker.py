@@ -138,7 +138,8 @@ class Tracker:
             if summary.get(key) is not None:
                 run.summary[f"eval/{key}"] = summary[key]
         for key, value in (summary.get("chosen_metrics") or {}).items():
-            run.summary[f"chosen/{key}"] = value
+            if value is not None:
+                run.summary[f"chosen/{key}"] = value
         artifact = wandb.Artifact(name=f"{self.cfg.embedding.name}-embedding", type="embedding",
                                   metadata={k: summary.get(k) for k in SUMMARY_KEYS})
         artifact.add_file(str(embedding))

@@ -12,6 +12,7 @@ population member's evaluation files are a solo run's.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,8 @@ class RunEvaluation:
         out = summarize(self.rows, self.cfg, samples=samples_by_step(self.per_image))
         chosen = next((r for r in self.rows if r["step"] == out.get("best_step")), None)
         if chosen is not None:
-            out["chosen_metrics"] = {k: v for k, v in chosen.items() if k != "step"}
+            # NaN (an SE of one image) becomes None: summary.json is JSON
+            out["chosen_metrics"] = {k: (v if math.isfinite(v) else None) for k, v in chosen.items() if k != "step"}
         out["warnings"] = list(self.warnings)
         if self.best_embedding is not None and out.get("best_step") == self.best_step:
             out["best_embedding"] = str(self.best_embedding)
