@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tiframework.configoptions import EMAOptions, NormOptions
-from tiframework.training.regularise import NormControl, VectorEMA, Vocabulary, output_vectors
+from tiframework.training.regularise import EmbeddingVectors, NormControl, VectorEMA, Vocabulary
 
 VOCAB = Vocabulary(median_norm=0.5, std=0.01)
 
@@ -73,12 +73,19 @@ def test_ema_copies_during_warmup_then_averages_every_n_steps():
     assert sparse.average.tolist() == [[0.5, 0.5]]
 
 
+class Saved(EmbeddingVectors):
+    def __init__(self, vectors: torch.Tensor, ema: VectorEMA | None):
+        self.vectors, self.ema = vectors, ema
+
+
 def test_output_is_the_ema_only_when_one_is_kept():
     v = torch.ones(1, 2)
     off = VectorEMA(EMAOptions(), torch.zeros(1, 2))
-    assert output_vectors(v, off) is v and output_vectors(v, None) is v
+    assert Saved(v, off).output is v and Saved(v, None).output is v
+    assert Saved(v, off).trained is None and Saved(v, None).trained is None
     on = VectorEMA(EMAOptions(ema_decay=0.9), torch.zeros(1, 2))
-    assert output_vectors(v, on).tolist() == [[0.0, 0.0]]
+    assert Saved(v, on).output.tolist() == [[0.0, 0.0]]
+    assert Saved(v, on).trained.tolist() == [[1.0, 1.0]]  # saved beside the EMA for an exact resume
 
 
 def test_the_vocabulary_is_measured_on_first_use_not_when_built():

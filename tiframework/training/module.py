@@ -14,28 +14,23 @@ import torch
 
 from tiframework.config import ExperimentConfig
 from tiframework.evaluation.diagnostics import NonFiniteLoss, check_loss
-from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.loss import diffusion_loss, noised
-from tiframework.training.regularise import (
-    NormControl,
-    VectorEMA,
-    output_vectors,
-    token_rows,
-    trained_vectors,
-)
+from tiframework.training.regularise import EmbeddingVectors, NormControl, VectorEMA, token_rows
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
 
 
-class TextualInversionModule(pl.LightningModule):
+class TextualInversionModule(EmbeddingVectors, pl.LightningModule):
     """The training step. The frozen parts must already be placed (`SDParts.prepare`):
     the module trains the vectors and nothing else; `compile_unet` runs the UNet through
     `torch.compile` in training steps (previews and evaluation use the plain module).
     `init`: the embedding's init vectors (norm control's reference), default `init_vectors`
-    (a resumed run passes its init text's vectors here and its saved ones as `init_vectors`)."""
+    (a resumed run passes its init text's vectors here and its saved ones as `init_vectors`);
+    `ema_average`: a resumed EMA run's saved average. What is saved (`output`, `trained`,
+    `vector_norms()`) is `regularise.EmbeddingVectors`', as for a population member."""
 
     def __init__(self, cfg: ExperimentConfig, parts: SDParts, init_vectors: torch.Tensor,
                  start_step: int = 0, optimizer_state: dict | None = None, compile_unet: bool = False,
@@ -114,18 +109,3 @@ class TextualInversionModule(pl.LightningModule):
             return None
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=False, batch_size=len(batch["prompts"]))
         return loss
-
-    # --- what is saved --------------------------------------------------------------------
-
-    @property
-    def output(self) -> torch.Tensor:
-        """The vectors saved and evaluated: their EMA when `training.ema_decay` is set (`regularise`)."""
-        return output_vectors(self.vectors, self.ema)
-
-    @property
-    def trained(self) -> torch.Tensor | None:
-        """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
-        return trained_vectors(self.vectors, self.ema)
-
-    def vector_norms(self) -> list[float]:
-        return vector_norms(self.output)

@@ -25,6 +25,7 @@ from functools import cached_property
 import torch
 
 from tiframework.configoptions import EMAOptions, NormOptions
+from tiframework.sd.embeddings import vector_norms
 
 DECAY_TARGET = 0.4  # lora's clip_ti_decay target norm
 RETRACT_BELOW = 0.1  # diffusers' retract: act once the vectors' std is 10x the vocabulary's
@@ -118,11 +119,23 @@ class VectorEMA:
             self.average.lerp_(current, 1 - self.opts.ema_decay)
 
 
-def trained_vectors(vectors: torch.Tensor, ema: VectorEMA | None) -> torch.Tensor | None:
-    """The trained vectors when a run saves their EMA instead (kept beside it, for an exact resume)."""
-    return vectors.detach().float().cpu().clone() if ema is not None and ema.on else None
+class EmbeddingVectors:
+    """What a trained embedding saves, for a solo module and a population member alike: the
+    class that mixes this in has `vectors` (the trained parameter) and `ema` (a `VectorEMA`, or None)."""
 
+    @property
+    def _averaged(self) -> bool:
+        return self.ema is not None and self.ema.on
 
-def output_vectors(vectors: torch.Tensor, ema: VectorEMA | None) -> torch.Tensor:
-    """The vectors a run saves and evaluates: the EMA when one is kept, else the trained ones."""
-    return ema.average.to(vectors.device) if ema is not None and ema.on else vectors
+    @property
+    def output(self) -> torch.Tensor:
+        """The vectors saved and evaluated: their EMA when `training.ema_decay` is set, else the trained ones."""
+        return self.ema.average.to(self.vectors.device) if self._averaged else self.vectors
+
+    @property
+    def trained(self) -> torch.Tensor | None:
+        """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
+        return self.vectors.detach().float().cpu().clone() if self._averaged else None
+
+    def vector_norms(self) -> list[float]:
+        return vector_norms(self.output)

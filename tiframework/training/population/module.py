@@ -40,10 +40,9 @@ from tiframework.evaluation.diagnostics import (
     check_loss,
     check_vector_norms,
 )
-from tiframework.sd.embeddings import vector_norms
 from tiframework.sd.models import SDParts
 from tiframework.training.population.shared_pass import MemberBatch, member_losses, partition
-from tiframework.training.regularise import NormControl, VectorEMA, output_vectors, trained_vectors
+from tiframework.training.regularise import EmbeddingVectors, NormControl, VectorEMA
 from tiframework.training.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def amp_for(precision: str, accelerator: str, bf16_supported: bool) -> Amp:
 
 
 @dataclass(eq=False)
-class Member:
+class Member(EmbeddingVectors):
     """One embedding of a population: what is its own (config, vectors, data stream,
     optimizer, counters) and where its outputs go (`folder`, a `tracking.runfolder.RunFolder`)."""
 
@@ -126,19 +125,6 @@ class Member:
 
     def lr_at(self, step: int) -> float:
         return learning_rate(self.cfg.training, step)
-
-    @property
-    def output(self) -> torch.Tensor:
-        """The vectors saved and evaluated: their EMA when `training.ema_decay` is set."""
-        return output_vectors(self.vectors, self.ema)
-
-    @property
-    def trained(self) -> torch.Tensor | None:
-        """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
-        return trained_vectors(self.vectors, self.ema)
-
-    def vector_norms(self) -> list[float]:
-        return vector_norms(self.output)
 
     def next_batch(self) -> dict:
         if self._batches is None:
