@@ -157,6 +157,15 @@ def find_plateau(steps: Sequence[float], scores: Sequence[float], noise: float |
     return Plateau(step, reason, level, pair_se.samples is not None)
 
 
+def plateau_stop(plateau: Plateau | None, step: int, planned: int | None) -> dict[str, int] | None:
+    """Where a run watching its curve stops: at `step`, the evaluation that confirms `plateau`,
+    unless the run ends there anyway (`planned`: its last step). The `stopped_on_plateau` record
+    its summary keeps, or None."""
+    if plateau is None or plateau.reason != "plateau" or (planned is not None and step >= planned):
+        return None
+    return {"at_step": step, "plateau_step": int(plateau.step), "steps_saved": (planned or step) - step}
+
+
 def _rule(xs: list[float], ys: list[float], pair_se: _Noise, z: float,
           patience: int) -> tuple[int | float | None, Reason]:
     n = len(ys)

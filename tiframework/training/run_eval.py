@@ -22,6 +22,7 @@ from tiframework.evaluation.diagnostics import is_fried, learning_verdict
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.evaluation.evidence import save_eval_images
 from tiframework.evaluation.metrics import FIDELITY
+from tiframework.evaluation.plateau import plateau_stop
 from tiframework.evaluation.summary import append_row, best_row, curve_plateau, samples_by_step, summarize
 from tiframework.tracking.runfolder import RunFolder
 
@@ -91,13 +92,11 @@ class RunEvaluation:
             self.best_embedding = keep(self.best_step)
 
     def _plateau_stop(self, step: int) -> bool:
-        if self.planned_steps is not None and step >= self.planned_steps:
-            return False  # the run ends here anyway: nothing to stop, nothing saved
         plateau = curve_plateau(self.rows, self.cfg, samples=samples_by_step(self.per_image))
-        if plateau is None or plateau.reason != "plateau":
+        stop = plateau_stop(plateau, step, self.planned_steps)
+        if stop is None:
             return False
-        saved = (self.planned_steps or step) - step
-        self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step), "steps_saved": saved}
+        self.stopped_on_plateau, saved = stop, stop["steps_saved"]
         log.info("fidelity plateaued at step %d (confirmed at %d, noise %.4f): stopping, %d planned steps saved",
                  plateau.step, step, plateau.noise, saved)
         return True

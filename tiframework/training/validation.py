@@ -36,7 +36,7 @@ from tiframework.data.dataset import Item, fill_template, read_templates, scan_f
 from tiframework.data.latents import Latents
 from tiframework.data.sources import resolve_data_path
 from tiframework.errors import UserError
-from tiframework.evaluation.plateau import find_plateau
+from tiframework.evaluation.plateau import find_plateau, plateau_stop
 from tiframework.sd.models import SDParts
 from tiframework.sd.text import encode_prompts
 from tiframework.training.callbacks import StepCallback
@@ -120,7 +120,7 @@ def validation_row(parts: SDParts, scheduler: Any, vectors: torch.Tensor, vset: 
 @dataclass
 class ValidationRecord:
     """Where one run's validation rows go: `validation.csv`, W&B (`log`), the summary; and
-    whether the loss has plateaued (`write` answers True where `stop_after_plateau` says to stop)."""
+    whether the loss has plateaued (`write` answers True where the run should stop: `stop_before`)."""
 
     folder: Path
     log: Any = None  # called with each row (W&B)
@@ -140,15 +140,10 @@ class ValidationRecord:
         """Record one evaluation; True when the run should stop on the loss's plateau here."""
         self._append(row)
         self.samples.append(list(samples or []))
-        if self.stop_before is None or row["step"] >= self.stop_before or self.stopped_on_plateau:
+        if self.stop_before is None or self.stopped_on_plateau:
             return False
-        plateau = self.plateau()
-        if plateau is None or plateau.reason != "plateau":
-            return False
-        step = int(row["step"])
-        self.stopped_on_plateau = {"at_step": step, "plateau_step": int(plateau.step),
-                                   "steps_saved": self.stop_before - step}
-        return True
+        self.stopped_on_plateau = plateau_stop(self.plateau(), int(row["step"]), self.stop_before)
+        return self.stopped_on_plateau is not None
 
     def plateau(self):
         """The validation loss's plateau (`evaluation.plateau.Plateau`, on the negated loss), or None."""
