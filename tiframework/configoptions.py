@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# OneTrainer's mask-file naming: `<image stem>-masklabel.png` (`training.mask_suffix`, `lint --mask-suffix`).
+MASK_SUFFIX = "-masklabel.png"
+
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -42,7 +45,7 @@ class LossOptions(Options):
         "learn; OneTrainer's masked training), auto (the mask file if there is one, else the alpha channel); "
         "an image without a mask trains on all of it",
     )
-    mask_suffix: str = Field("-masklabel.png", min_length=1, description="a mask file's name is the image's stem "
+    mask_suffix: str = Field(MASK_SUFFIX, min_length=1, description="a mask file's name is the image's stem "
                              "plus this (OneTrainer's); such files are never trained on as images")
     unmasked_weight: float = Field(0.0, ge=0, le=1, description="loss weight outside the mask (0 = ignored, "
                                    "1 = the mask does nothing; OneTrainer's unmasked weight)")

@@ -115,3 +115,13 @@ def test_lint_counts_mask_files_as_masks_and_names_the_alpha_option(tmp_path):
     assert {f.file for f in findings} == {"a.png"}  # the mask file is not an uncaptioned image
     (alpha,) = findings
     assert alpha.code == "transparency" and "training.masked_loss=alpha" in alpha.message
+
+
+def test_an_edited_mask_file_is_read_again_in_the_same_process(tmp_path):
+    # A sweep worker keeps masks in memory across trials: the key is the mask file's bytes.
+    Image.new("RGB", (64, 64)).save(tmp_path / "e.png")
+    mask_png(tmp_path / "e-masklabel.png")
+    it = item(tmp_path / "e.png")
+    assert float(latent_mask(it, (8, 8), "file", "-masklabel.png").mean()) == pytest.approx(0.5)
+    Image.new("L", (64, 64), 255).save(tmp_path / "e-masklabel.png")  # now all white
+    assert float(latent_mask(it, (8, 8), "file", "-masklabel.png").mean()) == pytest.approx(1.0)

@@ -7,10 +7,10 @@ import json
 import sys
 
 from tiframework.cli.options import add_model_options, model_from_args
+from tiframework.configoptions import MASK_SUFFIX
 from tiframework.data.images import MAX_PIXELS, list_images, split_tags
 from tiframework.data.lint import (
     HASH_DISTANCE,
-    MASK_SUFFIX,
     MAX_RATIO,
     MIN_SIDE,
     dataset_images,

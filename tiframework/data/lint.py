@@ -19,6 +19,7 @@ from typing import Literal
 import imagehash
 import numpy as np
 
+from tiframework.configoptions import MASK_SUFFIX
 from tiframework.data.images import (
     MAX_PIXELS,
     UnreadableImage,
@@ -43,8 +44,6 @@ MIN_SIDE = 256
 # Beyond 4:1 a 512-px fit leaves under 128 px across: too little for the model to see
 # the character. The guide's warning is at 10:1; 4:1 flags trouble earlier.
 MAX_RATIO = 4.0
-# OneTrainer's mask-file naming, `training.mask_suffix`'s default.
-MASK_SUFFIX = "-masklabel.png"
 # Hamming distance between 64-bit perceptual hashes; <= 4 is the same picture
 # re-encoded, resized or lightly edited, while unrelated images sit near 32.
 HASH_DISTANCE = 4

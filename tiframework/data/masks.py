@@ -7,9 +7,9 @@ pixels are (cover the bucket, centre crop) and area-averaged down to the latent 
 latent pixel's weight is the share of its image pixels inside the mask. How the loss uses
 it (the unmasked weight, area normalisation) is `training.loss.mask_weights`.
 
-Masks cost a PNG decode, no VAE: they are computed per run and kept in memory (a sweep
-worker's trials share them), keyed by the mask's own bytes, so editing a mask file takes
-effect on the next run while the cached latents stay valid.
+Masks cost a PNG decode, no VAE: they are kept in memory (a sweep worker's trials share
+them), keyed by the mask file's own bytes (or the image's, for alpha), so an edited mask file
+takes effect on the next run, even in the same process, while the cached latents stay valid.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,39 +31,47 @@ from tiframework.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MASK_SOURCES = ("none", "alpha", "file", "auto")
-
+# (which mask: "file:<mask sha256>" or "alpha", the image's digest, bucket, latent grid) -> mask or None
 _MEMORY: dict[tuple[str, str, tuple[int, int], tuple[int, int]], torch.Tensor | None] = {}
 
 
-def _mask_image(item: Item, source: str, suffix: str) -> tuple[str, Image.Image] | None:
-    """(what the mask is, its "L" image at the image's size), or None: the whole image is learned."""
+def _mask_key(item: Item, latent_hw: tuple[int, int], source: str, suffix: str
+              ) -> tuple[tuple[str, str, tuple[int, int], tuple[int, int]] | None, Path | None]:
+    """The memory key of `item`'s mask and its mask file (None: the alpha channel); (None, None)
+    when the source cannot give it one."""
     found = mask_file(item.path, suffix)
     if source in ("file", "auto") and found.is_file():
-        mask = read_image(found).convert("L")
-        image = read_image(item.path)
-        why = mask_shape_error(found, mask.size, item.path, image.size)
-        if why:
-            raise UserError(why)
-        return hashlib.sha256(found.read_bytes()).hexdigest(), mask.resize(image.size, Image.BILINEAR)
+        which = "file:" + hashlib.sha256(found.read_bytes()).hexdigest()
+        return (which, item.digest, item.size, tuple(latent_hw)), found
     if source in ("alpha", "auto"):
-        alpha = read_alpha(item.path)
-        if alpha is not None:
-            return "alpha:" + item.digest, alpha
-    return None
+        return ("alpha", item.digest, item.size, tuple(latent_hw)), None
+    return None, None
+
+
+def _mask_image(item: Item, found: Path | None) -> Image.Image | None:
+    """The mask file `found` ("L", at its image's size), or the image's alpha channel (None: no
+    see-through pixel)."""
+    if found is None:
+        return read_alpha(item.path)
+    mask = read_image(found).convert("L")
+    image = read_image(item.path)
+    why = mask_shape_error(found, mask.size, item.path, image.size)
+    if why:
+        raise UserError(why)
+    return mask.resize(image.size, Image.BILINEAR)
 
 
 def latent_mask(item: Item, latent_hw: tuple[int, int], source: str, suffix: str) -> torch.Tensor | None:
     """`item`'s mask on the latent grid, (1, h, w) in [0, 1], or None (no mask: learn everything)."""
-    if source == "none":
+    key, found = _mask_key(item, latent_hw, source, suffix) if source != "none" else (None, None)
+    if key is None:
         return None
-    key = (source + suffix, item.digest, item.size, tuple(latent_hw))
     if key not in _MEMORY:
-        found = _mask_image(item, source, suffix)
-        if found is None:
+        image = _mask_image(item, found)
+        if image is None:
             _MEMORY[key] = None
         else:
-            pixels = np.asarray(cover_crop(found[1], item.size), dtype=np.float32) / 255.0
+            pixels = np.asarray(cover_crop(image, item.size), dtype=np.float32) / 255.0
             full = torch.from_numpy(pixels).clamp(0, 1)[None, None]  # (1, 1, H, W)
             _MEMORY[key] = F.interpolate(full, size=tuple(latent_hw), mode="area")[0]
     return _MEMORY[key]
