@@ -135,7 +135,7 @@ class EmbeddingVectors:
     @property
     def trained(self) -> torch.Tensor | None:
         """The trained vectors when `output` is their EMA (saved beside it for an exact resume), else None."""
-        return self.vectors.detach().float().cpu().clone() if self._averaged else None
+        return self.vectors.detach() if self._averaged else None  # `save_optimizer_state` copies it
 
     def vector_norms(self) -> list[float]:
         return vector_norms(self.output)
