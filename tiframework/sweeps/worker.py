@@ -180,8 +180,11 @@ class Objective:
         self.saved_s = 0.0
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        self.gate.release()  # our trial exists now: the next worker may count and ask
         params = self.begin(trial)
+        # Our trial exists and holds its parameters: the next worker may count and ask. (Released
+        # before `begin`, a second worker saw this trial without its arm and seed and enqueued the
+        # same pair again.)
+        self.gate.release()
         saved_before = self.saved_s
         try:
             return self._run_seeds(trial, params)
