@@ -81,3 +81,35 @@ def test_a_run_is_scored_on_the_seeds_its_training_seed_picks(tmp_path, tiny_par
     assert [r["seed"] for r in follow.last_per_image] == [3000, 3001]
     fixed = make_evaluator(config(tmp_path, *common), tiny_parts)
     assert [r.seeds for r in fixed.requests(vectors)] == [[0, 1], [2, 3]]
+
+
+def test_an_image_asked_for_twice_is_drawn_once(tmp_path, tiny_parts, monkeypatch):
+    """Two arms of one training seed at step 0 (both still at the init text, the same eval
+    seeds) ask for the same images: each (prompt embeddings, seed) is sampled once, and both
+    jobs get the images and the row they would get alone. Vectors that differ are drawn apart."""
+    import tiframework.sd.generate as generate
+
+    sampled: list[int] = []
+    real = generate._sample
+
+    def counting(pipe, prompt_embeds, *args):
+        sampled.append(prompt_embeds.shape[0])
+        return real(pipe, prompt_embeds, *args)
+
+    monkeypatch.setattr(generate, "_sample", counting)
+    ref = make_dataset(tmp_path / "ref", n=2, caption=None)
+    cfg = config(tmp_path, f"eval.reference={ref}", "eval.every=1", "eval.seeds=[0, 1]", "eval.selection_seeds=[5]")
+    vectors = create(cfg.embedding, tiny_parts, {}).vectors
+    a, b = make_evaluator(cfg, tiny_parts), make_evaluator(cfg, tiny_parts)
+    per_job = sum(len(r.seeds) for r in a.requests(vectors))  # [name] x 2 seeds, 1 flexibility x 2, selection x 1
+    alone = a.score(vectors, 0)
+    alone_images = pixels([img for img in a.last_images])
+    sampled.clear()
+    rows = score_together([(a, vectors, 0), (b, vectors.clone(), 0)])
+    assert sum(sampled) == per_job  # not twice
+    assert rows[0] == pytest.approx(rows[1], nan_ok=True)
+    assert rows[0] == pytest.approx(alone, abs=TOL, nan_ok=True)
+    assert np.abs(pixels(b.last_images) - alone_images).max() <= 1
+    sampled.clear()
+    score_together([(a, vectors, 0), (b, vectors + 0.05, 0)])
+    assert sum(sampled) == 2 * per_job

@@ -106,26 +106,35 @@ def generate_requests(parts: SDParts, requests: Sequence[ImageRequest], *, max_i
     to the float rounding of batched kernels (nothing in sampling mixes rows: noise per
     seed, GroupNorm and attention per sample). Requests whose prompts need different
     numbers of 77-token chunks go to different calls; `max_images` bounds the rows of one
-    call (None: a group's rows at once), so memory stays bounded.
+    call (None: a group's rows at once), so memory stays bounded. A seed asked for twice with
+    the same prompt embeddings (two arms of one training seed at step 0, both still at the
+    init text) is drawn once and handed to both.
     """
     pipe = pipe or make_pipeline(parts, sampler)
     dtype = next(parts.unet.parameters()).dtype
     width, height = width or parts.native_size, height or parts.native_size
-    out: list[list[Image.Image]] = [[] for _ in requests]
+    keys = []  # per request: its prompt embeddings' bytes (equal bytes, equal images)
+    images: dict[tuple[bytes, int], Image.Image | None] = {}
     with decoder_beside_unet(pipe.vae, parts.unet.device, dtype):
-        rows_by_length: dict[int, list[tuple[int, int, torch.Tensor]]] = {}  # chunks -> (request, seed, embeds)
-        for i, request in enumerate(requests):
+        rows_by_length: dict[int, list[tuple[bytes, int, torch.Tensor]]] = {}  # chunks -> (key, seed, embeds)
+        for request in requests:
             embeds = _embeds(parts, request, negative_prompt, dtype)
-            rows_by_length.setdefault(embeds.shape[1], []).extend((i, seed, embeds) for seed in request.seeds)
+            key = embeds.detach().cpu().contiguous().numpy().tobytes()
+            keys.append(key)
+            rows = rows_by_length.setdefault(embeds.shape[1], [])
+            for seed in request.seeds:
+                if (key, seed) not in images:
+                    images[(key, seed)] = None  # drawn once, however many requests ask for it
+                    rows.append((key, seed, embeds))
         for rows in rows_by_length.values():
             size = max_images or len(rows)
             for start in range(0, len(rows), size):
                 call = rows[start:start + size]
-                images = _sample(pipe, torch.cat([e[:1] for _, _, e in call]), torch.cat([e[1:] for _, _, e in call]),
-                                 [seed for _, seed, _ in call], steps, guidance_scale, width, height)
-                for (i, _, _), image in zip(call, images, strict=True):
-                    out[i].append(image)
-    return out
+                drawn = _sample(pipe, torch.cat([e[:1] for _, _, e in call]), torch.cat([e[1:] for _, _, e in call]),
+                                [seed for _, seed, _ in call], steps, guidance_scale, width, height)
+                for (key, seed, _), image in zip(call, drawn, strict=True):
+                    images[(key, seed)] = image
+    return [[images[(key, seed)] for seed in request.seeds] for key, request in zip(keys, requests, strict=True)]
 
 
 @contextlib.contextmanager
