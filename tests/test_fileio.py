@@ -45,3 +45,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["c.txt"]
+
+
+def test_a_cache_built_twice_at_once_keeps_the_first_one_published(tmp_path):
+    """Two processes build the same cache folder at once (test or sweep workers starting
+    together): with keep_concurrent the one published first stays in place, never swapped
+    out under a reader; without it the later one replaces it (a rebuild of a stale folder)."""
+    target = tmp_path / "cache"
+    with atomic_dir(target, keep_concurrent=True) as tmp:
+        (tmp / "f").write_text("second")
+        with atomic_dir(target, keep_concurrent=True) as first:  # the other process, finishing first
+            (first / "f").write_text("first")
+        inode = target.stat().st_ino
+    assert (target / "f").read_text() == "first" and target.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temporary folder left
+    with atomic_dir(target, keep_concurrent=True) as tmp:  # it existed at the start: a rebuild replaces it
+        (tmp / "f").write_text("rebuilt")
+    assert (target / "f").read_text() == "rebuilt"
+    plain = tmp_path / "plain"
+    with atomic_dir(plain) as tmp:
+        (tmp / "f").write_text("late")
+        with atomic_dir(plain) as first:
+            (first / "f").write_text("first")
+    assert (plain / "f").read_text() == "late"

@@ -81,19 +81,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], keep_concurrent: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only on success.
 
     An existing `path` is swapped out and removed after the new folder is in place,
     so readers see either the old folder or the complete new one.
+
+    `keep_concurrent`, for caches whose content is fixed by their name: if `path` appeared
+    while this folder was being written (another process built the same thing, e.g. two test
+    workers or sweep workers starting at once), that one is kept and this one dropped, so a
+    process already reading it never sees it swapped out from under it.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    existed = final.exists()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         _publish_mode(tmp, final, 0o777)
-        if final.exists():
+        if keep_concurrent and not existed and final.exists():
+            pass  # built meanwhile by another process: keep theirs (tmp is removed below)
+        elif final.exists():
             old = final.with_name(f".{final.name}.old")
             if old.exists():
                 shutil.rmtree(old)
@@ -101,7 +109,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, final)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another process published `path` between the check and the rename (a
+                # non-empty folder cannot be replaced): keep theirs when asked to.
+                if not (keep_concurrent and final.is_dir()):
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -111,7 +111,7 @@ def materialize(character: str, n: int, seed: int, root: Path, split: str = "tra
     folder = Path(root) / f"{character}-{split}-n{n}-s{seed}"
     if is_current(folder) and len(list(folder.glob("*.png"))) == n and len(list(folder.glob("*.txt"))) == n:
         return folder
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, keep_concurrent=True) as tmp:
         for i, attrs in enumerate(records):
             render(attrs).save(tmp / f"{i:04d}.png", optimize=False)
             (tmp / f"{i:04d}.txt").write_text(attrs.caption() + "\n", encoding="utf-8")

@@ -156,7 +156,7 @@ def write_tag_csv(path: Path) -> None:
 def build_toy_tagger(folder: Path, weights: Path = WEIGHTS) -> Path:
     """Write `model.onnx` + `selected_tags.csv` into `folder` (atomically); return the folder."""
     model = build_onnx(AttributeClassifier(weights))
-    with atomic_dir(Path(folder)) as tmp:
+    with atomic_dir(Path(folder), keep_concurrent=True) as tmp:
         onnx.save(model, str(tmp / MODEL_FILE))
         write_tag_csv(tmp / TAGS_FILE)
         (tmp / ".stamp").write_text(_stamp(weights))
