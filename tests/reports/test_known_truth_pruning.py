@@ -42,8 +42,9 @@ def test_pruned_captions_make_the_traits_appear_unprompted(pruning_runs, tmp_pat
     pairs the seeds and finds that `[name]` alone shows more of kiri's traits after training
     on pruned captions, significant after Holm over every test in the report.
 
-    Measured (seeds 0-7 of a 12-seed fixture, 2026-12-07): +0.061 [0.033, 0.088] in attribute
-    accuracy at the end, Holm p 0.0075 over this report's tested rows.
+    Measured (2026-12-07, this fixture in a fresh clone's CI run, and the same from seeds 0-7 of
+    a 12-seed fixture): +0.061 [0.033, 0.088] in attribute accuracy at the end, Holm p 0.0075
+    over this report's tested rows.
 
     Could fail if: compare formed or paired the arms wrongly, lost the sign of the difference
     or corrected too much; or, with the probability the design leaves (the numbers are fixed
