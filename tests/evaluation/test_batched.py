@@ -113,3 +113,17 @@ def test_an_image_asked_for_twice_is_drawn_once(tmp_path, tiny_parts, monkeypatc
     sampled.clear()
     score_together([(a, vectors, 0), (b, vectors + 0.05, 0)])
     assert sum(sampled) == 2 * per_job
+
+
+def test_images_asked_for_twice_in_bfloat16_are_drawn_once(make_tiny_parts):
+    """Half-precision weights (a GPU run's bf16) give bf16 prompt embeddings, which numpy
+    cannot hold: the drawn-once key must still be taken from them."""
+    from tiframework.sd.generate import ImageRequest, generate_requests
+    from tiframework.sd.models import move
+
+    parts = make_tiny_parts()
+    for module in (parts.unet, parts.text_encoder, parts.vae):
+        move(module, torch.device("cpu"), torch.bfloat16)
+    request = ImageRequest("[name]", [0], "x_ti", torch.zeros(2, parts.width))
+    first, second = generate_requests(parts, [request, request], steps=2)
+    assert first[0] is second[0]

@@ -119,7 +119,7 @@ def generate_requests(parts: SDParts, requests: Sequence[ImageRequest], *, max_i
         rows_by_length: dict[int, list[tuple[bytes, int, torch.Tensor]]] = {}  # chunks -> (key, seed, embeds)
         for request in requests:
             embeds = _embeds(parts, request, negative_prompt, dtype)
-            key = embeds.detach().cpu().contiguous().numpy().tobytes()
+            key = embeds.detach().to("cpu", torch.float32).numpy().tobytes()  # exact for fp16/bf16 too
             keys.append(key)
             rows = rows_by_length.setdefault(embeds.shape[1], [])
             for seed in request.seeds:
