@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from runs import needs_toy_weights
+
 REPO = Path(__file__).parents[1]
-WEIGHTS = REPO / "tiframework" / "toyworld" / "weights"
 
 # Measured (CARD.md, 2 cores), step 0 -> 200: attribute accuracy 0.265 -> 0.500, fidelity
 # 0.167 -> 0.349, trait recall (toy tagger) 0.233 -> 0.483. The margins below are well under
@@ -31,7 +32,7 @@ MIN_RECALL_GAIN = 0.12
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
+@needs_toy_weights
 def test_quickstart_learns_the_held_out_character(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     cmd = [sys.executable, "-m", "tiframework", "train", "experiments/quickstart.yaml",

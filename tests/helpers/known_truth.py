@@ -12,8 +12,6 @@ from runs import QUICKSTART, ROOT
 from tiframework.cli import main
 
 ACC = "eval/attribute_accuracy"
-WEIGHTS = ROOT / "tiframework" / "toyworld" / "weights"
-needs_toy_weights = pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
 FAST, SLOW = "0.02", "0.001"  # the quickstart's learning rate, and one 20 times smaller
 
 

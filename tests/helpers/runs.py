@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tiframework.config import ExperimentConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+TOY_WEIGHTS = ROOT / "tiframework" / "toyworld" / "weights"  # the committed toy world
+needs_toy_weights = pytest.mark.skipif(not (TOY_WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
 CAPTION = "1girl, solo, red hair, smile, simple background"
 # Eval settings for the tiny preset: the tiny random CLIP, one seed, two sampling steps, no tagger
 # (the generated dataset is no pruned variant, so it has no traits to recall).

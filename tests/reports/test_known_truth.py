@@ -24,7 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from known_truth import ACC, FAST, SLOW, assert_better_at_the_end, compare, kiri, needs_toy_weights, train
+from known_truth import ACC, FAST, SLOW, assert_better_at_the_end, compare, kiri, train
+
+from runs import needs_toy_weights
 
 
 @pytest.fixture(scope="module")

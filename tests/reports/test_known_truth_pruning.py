@@ -18,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from known_truth import assert_better_at_the_end, compare, kiri, needs_toy_weights, train
+from known_truth import assert_better_at_the_end, compare, kiri, train
+
+from runs import needs_toy_weights
 
 PRUNED, UNPRUNED = "toyworld:kiri?pruned=1", "toyworld:kiri"
 PRUNING_SEEDS = 8  # detects the pruning effect with a margin (module docstring)

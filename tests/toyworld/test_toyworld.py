@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runs import TOY_WEIGHTS, needs_toy_weights
 from tiframework.data.sources import toyworld_dataset
 from tiframework.errors import UserError
 from tiframework.sd.models import TOYWORLD_DIR
@@ -30,9 +31,6 @@ from tiframework.toyworld.world import (
     Attributes,
     sample_attributes,
 )
-
-WEIGHTS = Path(__file__).parents[2] / "tiframework" / "toyworld" / "weights"
-needs_weights = pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
 
 
 def _has_colour(attrs: Attributes, rgb: tuple[int, int, int]) -> bool:
@@ -135,10 +133,10 @@ def test_shape_mismatch_is_a_user_error(tmp_path: Path) -> None:
 
     from tiframework.toyworld.nets import verify_weights
 
-    if not (WEIGHTS / "model_index.json").is_file():
+    if not (TOY_WEIGHTS / "model_index.json").is_file():
         pytest.skip("toy weights not built")
     folder = tmp_path / "weights"
-    shutil.copytree(WEIGHTS, folder, ignore=shutil.ignore_patterns("clip", "classifier"))
+    shutil.copytree(TOY_WEIGHTS, folder, ignore=shutil.ignore_patterns("clip", "classifier"))
     verify_weights(folder)
     path = next((folder / "unet").glob("*.safetensors"))
     tensors = load_file(str(path))
@@ -149,7 +147,7 @@ def test_shape_mismatch_is_a_user_error(tmp_path: Path) -> None:
         verify_weights(folder)
 
 
-@needs_weights
+@needs_toy_weights
 def test_shipped_weights_load_and_draw() -> None:
     import torch
 
@@ -170,7 +168,7 @@ def test_shipped_weights_load_and_draw() -> None:
 CLASSIFIER_THRESHOLD = 0.8
 
 
-@needs_weights
+@needs_toy_weights
 def test_classifier_accurate_on_held_out_characters() -> None:
     from tiframework.toyworld.classifier import AttributeClassifier, attribute_accuracy
 

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runs import make_dataset
+from runs import make_dataset, needs_toy_weights
 from runs import shrunk_quickstart as config
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.training.train import train
 
 F, SELECT = "eval/clip_fidelity", "select/clip_fidelity"
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "tiframework" / "toyworld" / "weights"
 
 
 def scripted(monkeypatch, curve) -> None:
@@ -97,7 +96,7 @@ def toy_run(tmp_path: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
+@needs_toy_weights
 def test_toy_world_high_learning_rate_plateaus_and_stops_early(tmp_path):
     # lr 0.2 (10x the quickstart's): fidelity jumps within 10 steps and goes no higher
     # (measured: 0.167, 0.336, 0.331, 0.311 at steps 0-30; stopped at 30 of the 200 steps, 170 saved)
@@ -109,7 +108,7 @@ def test_toy_world_high_learning_rate_plateaus_and_stops_early(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
+@needs_toy_weights
 def test_toy_world_still_rising_run_does_not_stop(tmp_path):
     # the quickstart's first 120 steps: 0.167, 0.276, 0.336, 0.365 at steps 0-120, each step-80 -> 120
     # image gaining (paired SE 0.011 for a gain of 0.029): still rising, no stop
