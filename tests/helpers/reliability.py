@@ -1,6 +1,11 @@
-"""Running `tiframework` the hard way for the reliability tests: in a subprocess that can be
-killed, that SIGKILLs itself in the middle of a save, that runs into a file-size limit (a full
+"""Running `tiframework` the hard way for the reliability tests: in a process of its own that can
+be killed, that SIGKILLs itself in the middle of a save, that runs into a file-size limit (a full
 disk) or that cannot override file permissions (a read-only folder, also when tests run as root).
+
+`tif()` forks that process from a server that has imported tiframework once (tests/helpers/
+forked.py: a fork costs milliseconds, a fresh Python with the training stack ~12 s of CPU); the
+one that must give up root's file-permission override starts a fresh Python, because dropped
+capabilities take effect at exec:
 
     python tests/helpers/reliability.py [--kill-writing NAME] [--fail-writing NAME] [--max-file-bytes N]
                                         [--no-override] -- ARGS...
@@ -22,6 +27,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import forked
+from forked import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS: dict[str, str] = {}
@@ -88,7 +96,7 @@ def kill_while_writing(name: str) -> None:
     fileio._publish_mode = half_then_die
 
 
-def fail_writing(name: str) -> None:
+def fail_writing_as_on_a_full_disk(name: str) -> None:
     """Make the atomic write of a file called `name` fail as on a full disk (ENOSPC), as late as a
     real one would: after the earlier files, so what was saved before must survive."""
     from tiframework import fileio
@@ -105,22 +113,39 @@ def fail_writing(name: str) -> None:
 
 def tif(*args: str, cwd: Path, kill_writing: str | None = None, max_file_bytes: int | None = None,
         no_override: bool = False, wait: bool = True, timeout: float = 600,
-        fail_writing: str | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run `tiframework ARGS` in a subprocess through this file (see the module docstring)."""
-    cmd = [sys.executable, __file__]
+        fail_writing: str | None = None) -> subprocess.CompletedProcess | subprocess.Popen | Child:
+    """Run `tiframework ARGS` in a process of its own (see the module docstring): forked, or with
+    `no_override` a fresh Python through this file. `wait=False` returns the running process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    if not no_override:
+        hooks = (list(args), kill_writing, fail_writing, max_file_bytes)
+        kwargs = {"cwd": cwd, "env": env, "argv": ["tiframework", *args]}
+        return forked.run(_run, *hooks, timeout=timeout, **kwargs) if wait else Child(_run, *hooks, **kwargs)
+    cmd = [sys.executable, __file__, "--no-override"]
     if kill_writing:
         cmd += ["--kill-writing", kill_writing]
     if fail_writing:
         cmd += ["--fail-writing", fail_writing]
     if max_file_bytes:
         cmd += ["--max-file-bytes", str(max_file_bytes)]
-    if no_override:
-        cmd += ["--no-override"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     kwargs = {"cwd": cwd, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     if not wait:
         return subprocess.Popen([*cmd, "--", *args], **kwargs)
     return subprocess.run([*cmd, "--", *args], timeout=timeout, **kwargs)
+
+
+def _run(args: list[str], kill_writing: str | None, fail_writing: str | None, max_file_bytes: int | None) -> int:
+    """`tiframework ARGS` in this process, with the hooks the test asked for."""
+    if max_file_bytes:
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    if kill_writing:
+        kill_while_writing(kill_writing)
+    if fail_writing:
+        fail_writing_as_on_a_full_disk(fail_writing)
+    from tiframework.cli import main
+
+    return main(args)
 
 
 def _main() -> int:
@@ -137,19 +162,13 @@ def _main() -> int:
         again = [sys.executable, __file__]
         if opts.kill_writing:
             again += ["--kill-writing", opts.kill_writing]
+        if opts.fail_writing:
+            again += ["--fail-writing", opts.fail_writing]
         if opts.max_file_bytes:
             again += ["--max-file-bytes", str(opts.max_file_bytes)]
         os.execv(sys.executable, [*again, "--", *args])  # the dropped capabilities take effect at exec
-    if opts.max_file_bytes:
-        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (opts.max_file_bytes, opts.max_file_bytes))
-    if opts.kill_writing:
-        kill_while_writing(opts.kill_writing)
-    if opts.fail_writing:
-        fail_writing(opts.fail_writing)
-    from tiframework.cli import main
+    return _run(args, opts.kill_writing, opts.fail_writing, opts.max_file_bytes)
 
-    return main(args)
 
 if __name__ == "__main__":
     sys.exit(_main())

@@ -134,22 +134,22 @@ def categorical(*choices: Any) -> dict[str, Any]:
 
 def kill_mid_trial(prepared: Any, marker: Path) -> None:
     """Start a worker whose trial hangs, wait until it is mid-trial, and SIGKILL it."""
-    import multiprocessing
     import signal
+
+    from forked import Child
 
     from tiframework.sweeps.worker import run_worker
 
-    proc = multiprocessing.get_context("spawn").Process(target=run_worker, args=(prepared.spec,))
-    proc.start()
+    proc = Child(run_worker, prepared.spec, capture=False)  # a process of its own, forked (forked.py)
     try:
         deadline = time.monotonic() + 120
-        while not marker.exists() and proc.is_alive() and time.monotonic() < deadline:
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), "the sleeping worker never started its trial"
     finally:
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def check_retried(study: Any, n_trials: int) -> None:
