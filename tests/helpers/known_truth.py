@@ -15,7 +15,7 @@ ACC = "eval/attribute_accuracy"
 FAST, SLOW = "0.02", "0.001"  # the quickstart's learning rate, and one 20 times smaller
 
 
-def kiri(runs_dir: Path, steps: int = 40, images: int = 16) -> list[str]:
+def kiri(runs_dir: Path, steps: int = 40, images: int = 8) -> list[str]:
     """The quickstart's first `steps` steps on the toy world, scored at step 0 and at the end on
     `images` held-out `[name]` images (4 selection seeds; 5 sampling steps each, half the
     quickstart's), each training seed on its own images as the shipped comparison sweeps do;
