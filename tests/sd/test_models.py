@@ -57,9 +57,12 @@ def test_same_seed_same_weights_other_seed_differs(tiny_parts, make_tiny_parts):
 
 @pytest.mark.slow
 def test_sd15_random_preset_has_sd15_shapes():
-    p = load_model(ModelConfig(preset="sd15-random"))
+    # Shapes, not values: built on the meta device, so no 4 GB of random weights are filled on a CPU.
+    with torch.device("meta"):
+        p = load_model(ModelConfig(preset="sd15-random"))
     assert (p.width, p.native_size, p.vae_scale_factor) == (768, 512, 8)
     assert p.unet.config.cross_attention_dim == 768
+    assert sum(w.numel() for w in p.unet.parameters()) == 859_520_964  # SD1.5's UNet
 
 
 def test_toyworld_without_weights_says_how_to_build_them():

@@ -13,8 +13,8 @@ import multiprocessing
 import os
 import re
 import sys
-import time
 from collections import Counter
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def _spawn(spec: WorkerSpec, workers: int, study: optuna.Study, progress: bool) 
                 out.append(results.get())
             if bar:
                 bar.refresh(study)
-            time.sleep(2.0)
+            connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=2.0)  # back when one ends
     except KeyboardInterrupt:
         # The terminal sent SIGINT to the workers too; they mark their trials interrupted and exit.
         for p in procs:
