@@ -3,9 +3,8 @@ be killed, that SIGKILLs itself in the middle of a save, that runs into a file-s
 disk) or that cannot override file permissions (a read-only folder, also when tests run as root).
 
 `tif()` forks that process from a server that has imported tiframework once (tests/helpers/
-forked.py: a fork costs milliseconds, a fresh Python with the training stack ~12 s of CPU); the
-one that must give up root's file-permission override starts a fresh Python, because dropped
-capabilities take effect at exec:
+forked.py: a fork costs milliseconds, a fresh Python with the training stack ~12 s of CPU). The
+same, from a shell:
 
     python tests/helpers/reliability.py [--kill-writing NAME] [--fail-writing NAME] [--max-file-bytes N]
                                         [--no-override] -- ARGS...
@@ -65,19 +64,33 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-_PR_CAPBSET_DROP = 24
 # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets root write into a 0555 folder.
 _OVERRIDE_CAPS = (1, 2, 3)
+_CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def drop_root_override() -> None:
-    """Make file permissions bind this process even when it runs as root (bounding set, then exec)."""
+    """Make file permissions bind this process even when it runs as root: the capabilities that
+    override them leave its effective and permitted sets (capset(2)), at once and for good."""
     if os.geteuid() != 0:
         return
     libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
     for cap in _OVERRIDE_CAPS:
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+        data[cap // 32].effective &= ~(1 << cap % 32)
+        data[cap // 32].permitted &= ~(1 << cap % 32)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def kill_while_writing(name: str) -> None:
@@ -113,29 +126,20 @@ def fail_writing_as_on_a_full_disk(name: str) -> None:
 
 def tif(*args: str, cwd: Path, kill_writing: str | None = None, max_file_bytes: int | None = None,
         no_override: bool = False, wait: bool = True, timeout: float = 600,
-        fail_writing: str | None = None) -> subprocess.CompletedProcess | subprocess.Popen | Child:
-    """Run `tiframework ARGS` in a process of its own (see the module docstring): forked, or with
-    `no_override` a fresh Python through this file. `wait=False` returns the running process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    if not no_override:
-        hooks = (list(args), kill_writing, fail_writing, max_file_bytes)
-        kwargs = {"cwd": cwd, "env": env, "argv": ["tiframework", *args]}
-        return forked.run(_run, *hooks, timeout=timeout, **kwargs) if wait else Child(_run, *hooks, **kwargs)
-    cmd = [sys.executable, __file__, "--no-override"]
-    if kill_writing:
-        cmd += ["--kill-writing", kill_writing]
-    if fail_writing:
-        cmd += ["--fail-writing", fail_writing]
-    if max_file_bytes:
-        cmd += ["--max-file-bytes", str(max_file_bytes)]
-    kwargs = {"cwd": cwd, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    if not wait:
-        return subprocess.Popen([*cmd, "--", *args], **kwargs)
-    return subprocess.run([*cmd, "--", *args], timeout=timeout, **kwargs)
+        fail_writing: str | None = None) -> subprocess.CompletedProcess | Child:
+    """Run `tiframework ARGS` in a forked process of its own (see the module docstring);
+    `wait=False` returns the running process."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    hooks = (list(args), kill_writing, fail_writing, max_file_bytes, no_override)
+    kwargs = {"cwd": cwd, "env": env, "argv": ["tiframework", *args]}
+    return forked.run(_run, *hooks, timeout=timeout, **kwargs) if wait else Child(_run, *hooks, **kwargs)
 
 
-def _run(args: list[str], kill_writing: str | None, fail_writing: str | None, max_file_bytes: int | None) -> int:
+def _run(args: list[str], kill_writing: str | None, fail_writing: str | None, max_file_bytes: int | None,
+         no_override: bool = False) -> int:
     """`tiframework ARGS` in this process, with the hooks the test asked for."""
+    if no_override:
+        drop_root_override()
     if max_file_bytes:
         # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
@@ -157,17 +161,7 @@ def _main() -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
-    if opts.no_override:
-        drop_root_override()
-        again = [sys.executable, __file__]
-        if opts.kill_writing:
-            again += ["--kill-writing", opts.kill_writing]
-        if opts.fail_writing:
-            again += ["--fail-writing", opts.fail_writing]
-        if opts.max_file_bytes:
-            again += ["--max-file-bytes", str(opts.max_file_bytes)]
-        os.execv(sys.executable, [*again, "--", *args])  # the dropped capabilities take effect at exec
-    return _run(args, opts.kill_writing, opts.fail_writing, opts.max_file_bytes)
+    return _run(args, opts.kill_writing, opts.fail_writing, opts.max_file_bytes, opts.no_override)
 
 
 if __name__ == "__main__":
