@@ -180,14 +180,21 @@ def test_classifier_accurate_on_held_out_characters() -> None:
 
 
 @pytest.mark.slow
-def test_build_command_writes_a_loadable_world(tmp_path: Path) -> None:
+def test_build_command_writes_a_loadable_world(tmp_path: Path, monkeypatch) -> None:
     """`tiframework toyworld build` end to end on a 6-second budget: every model, the card."""
+    import functools
+
     from tiframework.cli import main
     from tiframework.config import ModelConfig
     from tiframework.sd.models import load_model
+    from tiframework.toyworld import build
     from tiframework.toyworld.classifier import AttributeClassifier
     from tiframework.toyworld.nets import verify_weights
 
+    # The card's held-out classifier accuracy on 128 fresh images, not 1024: rendering those took
+    # 20 of this test's 30 s, and the number is not what it checks (every model written, loadable,
+    # and a card that says how it was made).
+    monkeypatch.setattr(build, "heldout_accuracy", functools.partial(build.heldout_accuracy, n=128))
     out = tmp_path / "weights"
     assert main(["toyworld", "build", "--out", str(out), "--budget-minutes", "0.1", "--threads", "1"]) == 0
     verify_weights(out)
