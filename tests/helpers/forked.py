@@ -14,9 +14,9 @@ the `tiframework` script itself (tests/test_from_any_directory.py, the fresh clo
 tests/reliability/test_run_folders.py, tests/test_research_check.py), and the sweep's own
 worker processes (`run_sweep(workers=2)` in tests/sweeps, which start the way a user's do).
 
-Test-only: the fork server never touches a GPU here (the suite runs on CPU); the sweep command
-keeps `spawn`, because importing diffusers asks CUDA for its devices, after which a forked
-child cannot use CUDA.
+Test-only: the suite runs on the CPU. The sweep command keeps `spawn`: importing diffusers asks
+CUDA for its devices (`torch.cuda.is_available()`, seen here), and CUDA does not support a child
+forked from a process that has initialised it.
 """
 
 from __future__ import annotations
