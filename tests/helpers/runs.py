@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from tiframework.config import ExperimentConfig, load_config
+from tiframework.sd.models import TOYWORLD_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-TOY_WEIGHTS = ROOT / "tiframework" / "toyworld" / "weights"  # the committed toy world
+TOY_WEIGHTS = TOYWORLD_DIR  # the committed toy world, where the `toyworld` preset loads it from
 needs_toy_weights = pytest.mark.skipif(not (TOY_WEIGHTS / "model_index.json").is_file(), reason="toy weights not built")
 CAPTION = "1girl, solo, red hair, smile, simple background"
 # Eval settings for the tiny preset: the tiny random CLIP, one seed, two sampling steps, no tagger

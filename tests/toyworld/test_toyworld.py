@@ -128,13 +128,12 @@ def test_held_out_combinations_never_sampled() -> None:
     assert all(any(h.matches(c.base) for h in HELD_OUT) for c in held)
 
 
+@needs_toy_weights
 def test_shape_mismatch_is_a_user_error(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from tiframework.toyworld.nets import verify_weights
 
-    if not (TOY_WEIGHTS / "model_index.json").is_file():
-        pytest.skip("toy weights not built")
     folder = tmp_path / "weights"
     shutil.copytree(TOY_WEIGHTS, folder, ignore=shutil.ignore_patterns("clip", "classifier"))
     verify_weights(folder)
