@@ -32,8 +32,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from tiframework.config import with_overrides
+from tiframework.sweeps.runner import TrainRunner
 from tiframework.sweeps.schema import CategoricalParam, load_sweep, trial_overrides
-from tiframework.sweeps.worker import TrainRunner
 from tiframework.training import train as train_module
 
 PHASES = ("set-up", "evaluator", "W&B", "fit set-up", "work", "tear-down")

@@ -26,6 +26,18 @@ def test_import_contracts_hold():
     assert "2 kept, 0 broken" in result.stdout
 
 
+def test_the_readers_and_the_sweep_machinery_load_no_training_stack():
+    # `compare`, the sweep reports and a sweep worker's own machinery read files and studies:
+    # they load torch only through a runner (sweeps.runner), so a spawned worker whose runner
+    # needs none starts in about a second, and `compare` never pays for CLIP.
+    light = ["tiframework.sweeps.launch", "tiframework.reports.compare.report", "tiframework.reports.sweep.report"]
+    probe = (f"import sys; import {', '.join(light)}; "
+             "print(sorted(m for m in ('torch', 'diffusers', 'pytorch_lightning', 'open_clip') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_no_module_is_over_the_size_limit():
     sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
              for p in PACKAGE.rglob("*.py")}

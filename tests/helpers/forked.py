@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 PRELOAD = ["tiframework.cli", "tiframework.training.train", "tiframework.training.population.train",
-           "tiframework.sweeps.worker", "tiframework.sweeps.launch"]
+           "tiframework.sweeps.worker", "tiframework.sweeps.launch", "tiframework.sweeps.runner"]
 
 
 def _context() -> Any:

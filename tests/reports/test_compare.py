@@ -216,9 +216,3 @@ def test_compare_logs_a_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
     assert all(isinstance(row[diff], (int, float)) for row in table["data"])  # numbers, not strings
 
 
-def test_the_catalog_reads_the_names_training_writes():
-    from tiframework.evaluation import metrics
-    from tiframework.reports.compare import metrics as catalog
-
-    assert (catalog.FIDELITY, catalog.FIDELITY_BEST_MATCH, catalog.FLEXIBILITY) == (
-        metrics.FIDELITY, metrics.FIDELITY_BEST_MATCH, metrics.FLEXIBILITY)

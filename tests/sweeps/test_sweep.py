@@ -98,7 +98,7 @@ def test_sweeps_can_turn_on_stop_on_plateau(tmp_path, experiment):
 
 
 def test_seed_result_uses_held_out_scores():
-    from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
+    from tiframework.evaluation.columns import FIDELITY, FLEXIBILITY
     from tiframework.sweeps.outcome import seed_result
 
     rows = [{"step": 0, FIDELITY: 0.1, FLEXIBILITY: 0.3, "select/clip_fidelity": 0.12},

@@ -24,8 +24,9 @@ import torch
 
 from tiframework.config import EvalConfig, ExperimentConfig
 from tiframework.data.sources import resolve_data_path
+from tiframework.evaluation.columns import FIDELITY
 from tiframework.evaluation.diagnostics import fried_ratio, reference_stats, vector_norms
-from tiframework.evaluation.metrics import FIDELITY, fidelity_scores, flexibility_scores, validate_eval_config
+from tiframework.evaluation.metrics import fidelity_scores, flexibility_scores, validate_eval_config
 from tiframework.evaluation.noise import mean_se, se_key
 from tiframework.evaluation.summary import SELECT
 from tiframework.evaluation.traits import load_trait_scorer

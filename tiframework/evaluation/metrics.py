@@ -27,14 +27,12 @@ from tiframework.config import EvalConfig
 from tiframework.data.images import UnreadableImage, list_images, read_image
 from tiframework.errors import UserError
 from tiframework.evaluation.clipscore import ClipScorer, check_clip_model_name, load_clip_scorer
+from tiframework.evaluation.columns import FIDELITY, FIDELITY_BEST_MATCH, FLEXIBILITY
 from tiframework.evaluation.noise import se_from_sums, se_key
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "[name]"
-FIDELITY = "eval/clip_fidelity"
-FIDELITY_BEST_MATCH = "eval/clip_fidelity_best_match"
-FLEXIBILITY = "eval/clip_flexibility"
 # Reference art can be huge; CLIP sees 224 px and fried_score 256 px, so keep no more.
 _REFERENCE_MAX_SIDE = 512
 

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from tiframework.config import EvalConfig
-from tiframework.evaluation.metrics import FIDELITY
+from tiframework.evaluation.columns import FIDELITY
 from tiframework.evaluation.noise import se_key
 from tiframework.evaluation.plateau import Curve, Plateau, find_plateau
 from tiframework.tracking.runfolder import RunFolder

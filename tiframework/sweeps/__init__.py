@@ -4,7 +4,9 @@
 - `storage`: the study (a journal file, or PostgreSQL across machines, with heartbeats so a
   dead worker's trial is retried);
 - `launch`: creates the study and starts the workers;
-- `worker`: each trial as ordinary `train` runs that share one loaded model;
+- `worker`: each trial as ordinary `train` runs that share one loaded model, through a runner
+  named by module (no torch is loaded until the runner is);
+- `runner`: the real runner (`load_model`, `train`, populations, the memory estimate for `auto`);
 - `arms`: comparison sweeps, every arm x seed one trial in a fixed order;
 - `outcome`: a trial's runs' held-out scores as its objective value, or its failure reason;
 - `population`: several trials taken at once and trained as one population;

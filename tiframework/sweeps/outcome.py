@@ -15,7 +15,7 @@ import optuna
 
 from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
-from tiframework.evaluation.metrics import FIDELITY, FLEXIBILITY
+from tiframework.evaluation.columns import FIDELITY, FLEXIBILITY
 from tiframework.sweeps import arms
 from tiframework.sweeps.schema import OBJECTIVES, SweepConfig
 

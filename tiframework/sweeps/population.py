@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,74 +33,18 @@ from optuna.trial import TrialState
 from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
-from tiframework.training.population.module import MemberCallback
-from tiframework.training.population.train import check_compatible, open_member, plan_member, train_population
+from tiframework.training.population.compatible import check_compatible
 
 log = logging.getLogger(__name__)
 
 
 class PopulationFailed(Exception):
-    """`train_population` raised; `finished` holds the summaries of members already done (by index)."""
+    """A runner's `run_population` raised (`runner.train_members`); `finished` holds the summaries
+    of members already done (by index)."""
 
     def __init__(self, cause: BaseException, finished: dict[int, dict[str, Any]]):
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause, self.finished = cause, finished
-
-
-class _Relay(MemberCallback):
-    """Each member's evaluation rows to its trial's `on_eval`; the summaries of members that finished."""
-
-    def __init__(self, on_evals: Sequence[Callable[[dict[str, float]], None]]):
-        self.on_evals = on_evals
-        self.finished: dict[int, dict[str, Any]] = {}
-
-    def on_member_eval(self, trainer, population, member, row) -> None:
-        self.on_evals[member.index](row)
-
-    def on_member_leave(self, trainer, population, member) -> None:
-        if member.summary is not None:  # its final files and summary.json are written
-            self.finished[member.index] = member.summary
-
-
-def train_members(cfgs: Sequence[ExperimentConfig], parts: Any,
-                  on_evals: Sequence[Callable[[dict[str, float]], None]]) -> list[dict[str, Any]]:
-    """`train_population` with each member's rows sent to its own callback (a Runner's `run_population`)."""
-    relay = _Relay(on_evals)
-    try:
-        return train_population(cfgs, parts=parts, callbacks=[relay])
-    except Exception as exc:
-        raise PopulationFailed(exc, dict(relay.finished)) from exc
-
-
-class _Rolling(MemberCallback):
-    """A rolling population (`sweeps.rolling`): a member whose trial is pruned stops at once; one that
-    leaves hands its place to the next trial's run, which joins at its own step 0."""
-
-    def __init__(self, on_evals: Sequence[Callable[[dict[str, float]], bool]], on_leave: Callable[..., Any]):
-        self.on_evals, self.on_leave = list(on_evals), on_leave
-
-    def on_member_eval(self, trainer, population, member, row) -> None:
-        if self.on_evals[member.index](row):
-            member.request_stop()  # pruned: it leaves after this step, its trial told PRUNED
-
-    def on_member_leave(self, trainer, population, member) -> None:
-        nxt = self.on_leave(member.index, member.summary, None)
-        while nxt is not None:
-            cfg, on_eval = nxt
-            index = len(self.on_evals)
-            self.on_evals.append(on_eval)
-            try:
-                check_compatible([population.members[0].cfg, cfg])
-                population.join(open_member(plan_member(index, cfg, population.parts), population.parts))
-                return
-            except Exception as exc:  # fails this trial only; the next one takes the place
-                nxt = self.on_leave(index, None, exc)
-
-
-def train_rolling(cfgs: Sequence[ExperimentConfig], parts: Any, on_evals: Sequence[Callable[[dict[str, float]], bool]],
-                  on_leave: Callable[..., Any]) -> None:
-    """`train_population` as a rolling population (a Runner's `run_rolling`, see `sweeps.rolling`)."""
-    train_population(cfgs, parts=parts, callbacks=[_Rolling(on_evals, on_leave)])
 
 
 class Heartbeats:

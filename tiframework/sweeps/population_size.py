@@ -11,6 +11,9 @@ use at once and what its memory holds. `auto` picks:
   estimated memory per member (`sizing.memory.estimate_step_memory`, issue 13's
   fake-tensor count), at most `GPU_MOST` (the largest K the benchmark measures).
 
+The memory comes from the runner (`sweeps.runner.TrainRunner.member_memory`), so this module
+loads no torch: a sweep worker starts light and loads the training stack with its runner.
+
 Pruning judges a trial at each evaluation against trials told before it. A search with a
 pruner and one run per trial trains as a rolling population (`sweeps.rolling`: a member that
 finishes or is pruned hands its place to the next trial), sized as above; other pruning
@@ -21,16 +24,12 @@ sweeps (`seeds:` with several seeds, a runner without `run_rolling`) run one tri
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import psutil
-import torch
-
-from tiframework.config import ExperimentConfig, with_overrides
+from tiframework.config import ExperimentConfig
 from tiframework.errors import UserError
-from tiframework.sd.runtime import detect_machine
-from tiframework.sizing.memory import estimate_step_memory
-from tiframework.sweeps.schema import CategoricalParam, IntParam, SweepConfig
+from tiframework.sweeps.schema import SweepConfig
 
 log = logging.getLogger(__name__)
 MIB = 2**20
@@ -57,6 +56,10 @@ class MemberMemory:
     free: int
     weights: int
     per_member: int
+
+
+# A runner's `member_memory(sweep, base)`: the device's memory and one member's step bytes.
+MemoryEstimate = Callable[[SweepConfig, ExperimentConfig], MemberMemory]
 
 
 def parse_population(text: str) -> int | str:
@@ -97,43 +100,14 @@ def choose_size(requested: int | str, *, pruner: str, memory: MemberMemory | Non
     return PopulationSize(k, f"auto on the GPU: memory allows {fits} ({where}), at most {GPU_MOST}")
 
 
-def _largest(sweep: SweepConfig, key: str, base: int) -> int:
-    """The largest value a trial may give `key` (the base's, an arm's, or the space's)."""
-    values = [base] + [int(over[key]) for over in (sweep.arms or {}).values() if key in over]
-    param = sweep.space.get(key)
-    if isinstance(param, CategoricalParam):
-        values += [int(v) for v in param.choices]
-    elif isinstance(param, IntParam):
-        values.append(param.high)
-    return max(values)
-
-
-def member_memory(sweep: SweepConfig, base: ExperimentConfig) -> MemberMemory:
-    """Estimate one member's step memory at the sweep's largest batch and image side, and
-    read what the device has free now (the frozen model is loaded, on the CPU)."""
-    machine = detect_machine(base.training.device)
-    batch = _largest(sweep, "training.batch_size", base.training.batch_size)
-    side = _largest(sweep, "data.max_side", base.data.max_side)
-    vpt = _largest(sweep, "embedding.vectors_per_token", base.embedding.vectors_per_token)
-    cfg = with_overrides(base, {"training.batch_size": batch, "data.max_side": side,
-                                "embedding.vectors_per_token": vpt})
-    step = estimate_step_memory(cfg, side, batch, machine)
-    weights = step.by_kind.get("Parameter", 0) + step.by_kind.get("Buffer", 0)
-    per_member = max(1, step.peak_bytes - weights)
-    if machine.device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        return MemberMemory("cuda", int(free), weights, per_member)
-    # The model is already in this process's RAM: only the members' activations are new.
-    return MemberMemory("cpu", int(psutil.virtual_memory().available), 0, per_member)
-
-
-def population_size(requested: int | str, sweep: SweepConfig, base: ExperimentConfig,
-                    workers: int = 1, rolling: bool = False) -> PopulationSize:
-    """`choose_size` with this machine's memory (estimated only when `auto` needs it)."""
-    memory, why = None, ""
-    if requested == "auto" and (sweep.pruner == "none" or rolling):
+def population_size(requested: int | str, sweep: SweepConfig, base: ExperimentConfig, workers: int = 1,
+                    rolling: bool = False, estimate: MemoryEstimate | None = None) -> PopulationSize:
+    """`choose_size` with this machine's memory, from the runner's `estimate` (called only when
+    `auto` needs it; a runner without one trains one run at a time under `auto`)."""
+    memory, why = None, "this runner gives none"
+    if requested == "auto" and (sweep.pruner == "none" or rolling) and estimate is not None:
         try:
-            memory = member_memory(sweep, base)
+            memory = estimate(sweep, base)
         except Exception as exc:  # the estimate is a guide; a sweep must not fail on it
             why = f"{type(exc).__name__}: {exc}"[:200]
     return choose_size(requested, pruner=sweep.pruner, memory=memory, workers=workers, why_no_memory=why,

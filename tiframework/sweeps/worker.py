@@ -25,12 +25,11 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from tiframework.config import ExperimentConfig, ModelConfig, with_overrides
-from tiframework.evaluation.metrics import FIDELITY
-from tiframework.sd.models import load_model
+from tiframework.evaluation.columns import FIDELITY
 from tiframework.sweeps import arms
 from tiframework.sweeps import storage as st
 from tiframework.sweeps.outcome import failure, objective_value, record_run, set_aside_run
-from tiframework.sweeps.population import run_batch, train_members, train_rolling
+from tiframework.sweeps.population import run_batch
 from tiframework.sweeps.population_size import choose_size, population_size
 from tiframework.sweeps.pruning import SE_ATTR
 from tiframework.sweeps.rolling import run_rolling
@@ -44,7 +43,6 @@ from tiframework.sweeps.schema import (
 )
 from tiframework.sweeps.schema import trial_overrides as make_trial_overrides
 from tiframework.sweeps.search import make_pruner, make_sampler
-from tiframework.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +54,19 @@ class Runner(Protocol):
     def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]: ...
     # Optional: `run_population(cfgs, parts, on_evals) -> summaries` trains configurations together
     # (raising `population.PopulationFailed`); a runner without it trains one run at a time.
+    # `run_rolling` (see `sweeps.rolling`); `member_memory(sweep, base)` sizes `population: auto`
+    # (a runner without it trains one run at a time under `auto`).
 
 
-class TrainRunner:
-    """The real thing: `load_model`, then `train` with the loaded parts."""
-
-    def load(self, model: ModelConfig) -> Any:
-        return load_model(model)
-
-    def run(self, cfg: ExperimentConfig, parts: Any, on_eval: Any) -> dict[str, Any]:
-        return train(cfg, parts=parts, on_eval=on_eval)
-
-    def run_population(self, cfgs: list[ExperimentConfig], parts: Any, on_evals: list[Any]) -> list[dict[str, Any]]:
-        return train_members(cfgs, parts, on_evals)
-
-    def run_rolling(self, cfgs: list[ExperimentConfig], parts: Any, on_evals: list[Any], on_leave: Any) -> None:
-        train_rolling(cfgs, parts, on_evals, on_leave)
+# The real runner, imported by name like any other: the sweep machinery loads no torch, and a
+# worker whose runner is a test's cheap one never loads the training stack.
+TRAIN_RUNNER = "tiframework.sweeps.runner:TrainRunner"
 
 
 def resolve_runner(ref: str | None) -> Runner:
-    """`None` -> real training; `"module:Class"` -> a test's runner (importable in spawned workers)."""
-    if ref is None:
-        return TrainRunner()
-    module, _, name = ref.partition(":")
+    """`None` -> real training (`TRAIN_RUNNER`); `"module:Class"` -> a test's runner (importable in
+    spawned workers)."""
+    module, _, name = (ref or TRAIN_RUNNER).partition(":")
     return getattr(importlib.import_module(module), name)()
 
 
@@ -350,7 +338,8 @@ def _population_size(spec: WorkerSpec, sweep: SweepConfig, runner: Runner,
             log.info("worker %d: population 1: this runner trains one run at a time", spec.worker)
         return 1
     size = choose_size(requested, pruner=pruning, memory=None) if pruning != "none" and not rolling else \
-        population_size(requested, sweep, sweep.base, spec.workers, rolling=rolling)
+        population_size(requested, sweep, sweep.base, spec.workers, rolling=rolling,
+                        estimate=getattr(runner, "member_memory", None))
     log.info("worker %d: population %d: %s", spec.worker, size.k, size.reason)
     return size.k
 

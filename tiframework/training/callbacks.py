@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tiframework.config import EvalConfig, ExperimentConfig
+from tiframework.evaluation.columns import FIDELITY
 from tiframework.evaluation.diagnostics import ExplodingEmbedding, check_vector_norms
 from tiframework.evaluation.evaluator import Evaluator
-from tiframework.evaluation.metrics import FIDELITY
 from tiframework.sd.embeddings import Embedding, save_embedding
 from tiframework.sd.generate import generate, make_pipeline
 from tiframework.sd.models import SDParts

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tiframework.config import EvalConfig
+from tiframework.evaluation.columns import FIDELITY
 from tiframework.evaluation.diagnostics import is_fried, learning_verdict
 from tiframework.evaluation.evaluator import Evaluator
 from tiframework.evaluation.evidence import save_eval_images
-from tiframework.evaluation.metrics import FIDELITY
 from tiframework.evaluation.plateau import plateau_stop
 from tiframework.evaluation.summary import append_row, best_row, curve_plateau, samples_by_step, summarize
 from tiframework.tracking.runfolder import RunFolder

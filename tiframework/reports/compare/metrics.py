@@ -1,21 +1,18 @@
 """What a comparison reports: the eval.csv metrics it knows, and which side of each is better.
 
 Names are the run folder's eval-file contract (`eval/<score>`, each image-averaged score
-with an `_se` column in runs made since standard errors were recorded). They are spelled
-out here, as a file reader does, rather than imported from `evaluation`, which would load
-torch and CLIP into every `compare`; a test checks they match the names training writes.
+with an `_se` column in runs made since standard errors were recorded); the CLIP columns
+come from `evaluation.columns`, which loads no torch or CLIP into `compare`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tiframework.evaluation.columns import FIDELITY, FIDELITY_BEST_MATCH, FLEXIBILITY
+from tiframework.evaluation.noise import SE_SUFFIX
 from tiframework.reports.stats import Better
 
-FIDELITY = "eval/clip_fidelity"
-FIDELITY_BEST_MATCH = "eval/clip_fidelity_best_match"
-FLEXIBILITY = "eval/clip_flexibility"
-SE_SUFFIX = "_se"
 SELECT_FIDELITY = "select/clip_fidelity"  # the checkpoint-choice score (disjoint seeds)
 
 

@@ -40,6 +40,7 @@ from tiframework.sd.runtime import Runtime
 from tiframework.tracking.runfolder import RunFolder
 from tiframework.tracking.tracker import Tracker
 from tiframework.training.callbacks import EmbeddingSaver, PreviewWriter
+from tiframework.training.population.compatible import check_compatible, member_label
 from tiframework.training.population.evaluation import MemberEvaluation, MemberPreviews
 from tiframework.training.population.module import Amp, Member, PopulationModule, amp_for
 from tiframework.training.population.outputs import (
@@ -71,31 +72,6 @@ from tiframework.training.validation import (
 from tiframework.training.vector_log import TelemetryLog
 
 log = logging.getLogger(__name__)
-
-# Training keys every member must share: they decide how the one frozen model runs.
-SHARED_TRAINING = ("device", "precision", "gradient_checkpointing", "compile", "offload_vae")
-
-
-def member_label(index: int, cfg: ExperimentConfig) -> str:
-    return f"member {index} ({cfg.logging.run_id or cfg.embedding.name})"
-
-
-def check_compatible(cfgs: Sequence[ExperimentConfig]) -> None:
-    """One process, one frozen model: the members must agree on the model, device and precision."""
-    if not cfgs:
-        raise UserError("a population needs at least one config")
-    first = cfgs[0]
-    model = first.model.model_dump(exclude={"clip_skip"})
-    for i, cfg in enumerate(cfgs[1:], start=1):
-        if cfg.model.model_dump(exclude={"clip_skip"}) != model:
-            raise UserError(f"{member_label(i, cfg)}: model.* differs from member 0's; a population trains "
-                            "through one frozen model (only model.clip_skip may differ): give every member "
-                            "the same model settings")
-        for key in SHARED_TRAINING:
-            if getattr(cfg.training, key) != getattr(first.training, key):
-                raise UserError(f"{member_label(i, cfg)}: training.{key} differs from member 0's; "
-                                f"all members run in one process: give them the same training.{key}")
-
 
 def check_folders(plans: Sequence[Plan]) -> None:
     """No two members may write one run folder (a fixed run id, or the folder a resume continues)."""
