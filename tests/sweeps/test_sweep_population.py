@@ -92,9 +92,9 @@ def test_population_size_choice():
     assert choose_size("auto", pruner="none", memory=None, why_no_memory="x").k == 1
 
 
-def test_auto_asks_the_runner_for_memory_once_per_worker(tmp_path, experiment, monkeypatch):
-    """`auto` sizes from the runner's `member_memory` (at the sweep's largest VPT), made once per
-    worker: a sweep that confirms its winner asks again with the same settings."""
+def test_auto_asks_the_runner_for_memory(tmp_path, experiment, monkeypatch):
+    """`auto` sizes from the runner's `member_memory`, estimated at the sweep's largest VPT; a
+    runner without one (a test's cheap runner) trains one run at a time."""
     from tiframework.sizing.memory import StepMemory
     from tiframework.sweeps import runner as real
     from tiframework.sweeps.population_size import CPU_SWEET_SPOT, population_size
@@ -108,15 +108,14 @@ def test_auto_asks_the_runner_for_memory_once_per_worker(tmp_path, experiment, m
 
     monkeypatch.setattr(real, "estimate_step_memory", fake_estimate)
     sweep = load_sweep(write_sweep(tmp_path, pruner="none", space={VPT: categorical(1, 4)}))
-    runner = real.TrainRunner()
-    first, again = runner.member_memory(sweep, sweep.base), runner.member_memory(sweep, sweep.base)
-    assert asked == [(4, 64, 1, "cpu")] and first.per_member == again.per_member == 200 * mib
-    assert first.free > 0 and first.weights == 0  # on the CPU the loaded model is already in RAM
-    sized = population_size("auto", sweep, sweep.base, estimate=real.TrainRunner().member_memory)  # a new worker
+    memory = real.TrainRunner().member_memory(sweep, sweep.base)
+    assert asked == [(4, 64, 1, "cpu")] and memory.per_member == 200 * mib
+    assert memory.free > 0 and memory.weights == 0  # on the CPU the loaded model is already in RAM
+    sized = population_size("auto", sweep, sweep.base, estimate=real.TrainRunner().member_memory)
     assert sized.k == min(CPU_SWEET_SPOT, int(sized.reason.split("memory allows ")[1].split()[0]))
     none = population_size("auto", sweep, sweep.base, estimate=None)
     assert none.k == 1 and "no memory estimate (this runner gives none)" in none.reason
-    assert len(asked) == 2  # the new worker's runner estimated once; `estimate=None` asked nothing
+    assert len(asked) == 2  # `estimate=None` asked nothing
 
 
 def test_population_argument():

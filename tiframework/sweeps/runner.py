@@ -30,9 +30,6 @@ from tiframework.training.train import train
 class TrainRunner:
     """The real thing: `load_model`, then `train` with the loaded parts."""
 
-    def __init__(self) -> None:
-        self._step_memory: dict[str, tuple[int, int]] = {}
-
     def load(self, model: ModelConfig) -> Any:
         return load_model(model)
 
@@ -47,22 +44,16 @@ class TrainRunner:
 
     def member_memory(self, sweep: SweepConfig, base: ExperimentConfig) -> MemberMemory:
         """Estimate one member's step memory at the sweep's largest batch and image side, and
-        read what the device has free now (the frozen model is loaded, on the CPU).
-
-        The estimate (a fake training step, seconds at SD1.5 size) is kept for the worker's
-        life: a sweep that confirms its winner asks again with the same settings."""
+        read what the device has free now (the frozen model is loaded, on the CPU)."""
         machine = detect_machine(base.training.device)
         batch = _largest(sweep, "training.batch_size", base.training.batch_size)
         side = _largest(sweep, "data.max_side", base.data.max_side)
         vpt = _largest(sweep, "embedding.vectors_per_token", base.embedding.vectors_per_token)
         cfg = with_overrides(base, {"training.batch_size": batch, "data.max_side": side,
                                     "embedding.vectors_per_token": vpt})
-        key = repr(machine) + cfg.model_dump_json()
-        if key not in self._step_memory:
-            step = estimate_step_memory(cfg, side, batch, machine)
-            weights = step.by_kind.get("Parameter", 0) + step.by_kind.get("Buffer", 0)
-            self._step_memory[key] = weights, max(1, step.peak_bytes - weights)
-        weights, per_member = self._step_memory[key]
+        step = estimate_step_memory(cfg, side, batch, machine)
+        weights = step.by_kind.get("Parameter", 0) + step.by_kind.get("Buffer", 0)
+        per_member = max(1, step.peak_bytes - weights)
         if machine.device == "cuda":
             free, _ = torch.cuda.mem_get_info()
             return MemberMemory("cuda", int(free), weights, per_member)
