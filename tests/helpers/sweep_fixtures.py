@@ -88,7 +88,7 @@ def write_experiment(root: Path) -> Path:
     data, ref = make_dataset(root / "data"), make_dataset(root / "ref", n=2, caption=None)
     exp = {
         "model": {"preset": "tiny"},
-        "data": {"path": str(data), "max_side": 64, "cache_dir": str(root / "cache")},
+        "data": {"path": str(data), "max_side": 32, "cache_dir": str(root / "cache")},
         "embedding": {"name": "zorbina", "init_text": "red", "vectors_per_token": 2},
         "training": {"learning_rate": "0.02", "max_steps": 4, "save_every": 0},
         "preview": {"every": 0},

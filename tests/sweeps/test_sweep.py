@@ -234,7 +234,7 @@ def test_pruners_and_parallel_sampler_seeds():
 
 # --- the shipped sweeps, shrunk to the tiny preset as CI runs them ----------------------------
 
-CI_OVERRIDES = ["model.preset=tiny", "training.max_steps=4", "training.batch_size=1", "eval.every=2", "eval.steps=2",
+CI_OVERRIDES = ["model.preset=tiny", "data.max_side=32", "training.max_steps=4", "training.batch_size=1", "eval.every=2", "eval.steps=2",
                 "eval.seeds=[0]", "eval.clip_model=tif-tiny-clip", "eval.clip_pretrained=null"]
 
 

@@ -109,7 +109,7 @@ def test_auto_asks_the_runner_for_memory(tmp_path, experiment, monkeypatch):
     monkeypatch.setattr(real, "estimate_step_memory", fake_estimate)
     sweep = load_sweep(write_sweep(tmp_path, pruner="none", space={VPT: categorical(1, 4)}))
     memory = real.TrainRunner().member_memory(sweep, sweep.base)
-    assert asked == [(4, 64, 1, "cpu")] and memory.per_member == 200 * mib
+    assert asked == [(4, 32, 1, "cpu")] and memory.per_member == 200 * mib  # the base experiment's max_side
     assert memory.free > 0 and memory.weights == 0  # on the CPU the loaded model is already in RAM
     sized = population_size("auto", sweep, sweep.base, estimate=real.TrainRunner().member_memory)
     assert sized.k == min(CPU_SWEET_SPOT, int(sized.reason.split("memory allows ")[1].split()[0]))
