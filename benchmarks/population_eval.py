@@ -4,7 +4,7 @@
     python benchmarks/population_eval.py --ks 1 2 --steps 2   # a quick check of the script
     python benchmarks/population_eval.py --ks 1 4 8 --json    # machine-readable
     python benchmarks/population_eval.py --ks 16 --steps 5 --set "eval.seeds=[$(seq -s, 0 31)]" \
-        --set "eval.flexibility_prompts=[]" --set eval.tagger=null --set "eval.trait_leak=[]"  # as the pruning test
+        --set "eval.flexibility_prompts=[]" --set eval.tagger=null --set "eval.trait_leak=[]"  # 32 images a prompt, as the pruning test
 
 For each K: K members (the quickstart's VPT 4 embedding, each with its own perturbation of
 its init vectors) are evaluated at one step with the quickstart's `eval.*` settings.

@@ -31,8 +31,9 @@ SAMPLERS = {
 # On a CPU an image costs more in a big sampler call than in a few calls of a hundred or so
 # (a batch's activations no longer fit the cache). The toy world's UNet on one thread costs
 # 8.7-8.9 ms a sample in batches of 64-256, 10.3 ms at 512 and 11.7 ms at 1024 (with guidance
-# an image is two samples); a 16-member population's 512 eval images took 70 s in one call
-# and 55 s in calls of 128 images, the same images to the bit. benchmarks/population_eval.py.
+# an image is two samples). benchmarks/population_eval.py (RESULTS.md, "Images per sampler call
+# on a CPU"): 16 members' evaluations took 153.6 s in calls of 512 images and 113.4 s in calls of
+# 128, the same rows.
 CPU_ROWS_PER_CALL = 128
 
 
@@ -117,9 +118,8 @@ def generate_requests(parts: SDParts, requests: Sequence[ImageRequest], *, max_i
     numbers of 77-token chunks go to different calls; `max_images` bounds the rows of one
     call (None: a group's rows at once), so memory stays bounded, and on a CPU no call has
     more than CPU_ROWS_PER_CALL rows; a group's rows are split into calls of near-equal size.
-    A seed asked for twice with
-    the same prompt embeddings (two arms of one training seed at step 0, both still at the
-    init text) is drawn once and handed to both.
+    A seed asked for twice with the same prompt embeddings (two arms of one training seed at
+    step 0, both still at the init text) is drawn once and handed to both.
     """
     pipe = pipe or make_pipeline(parts, sampler)
     dtype = next(parts.unet.parameters()).dtype
@@ -151,6 +151,8 @@ def generate_requests(parts: SDParts, requests: Sequence[ImageRequest], *, max_i
 
 def _near_equal(rows: list, limit: int) -> list[list]:
     """`rows` in consecutive calls of at most `limit` rows each, as equal in size as can be."""
+    if not rows:
+        return []
     calls = -(-len(rows) // limit)
     size, extra = divmod(len(rows), calls)
     bounds = [i * size + min(i, extra) for i in range(calls + 1)]
